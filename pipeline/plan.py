@@ -1,0 +1,111 @@
+"""What the workflow must produce for a config: caches, their keys and their shards.
+
+Pure functions of the (validated) config, evaluated when Snakemake parses the
+workflow. Everything a cache key depends on is resolved here, so the key (and with it
+the file names) changes exactly when the samples would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import datasets, generate, models
+
+SHARD_DEFAULTS = {"problems": 64, "samples": 8}
+
+
+@dataclass(frozen=True)
+class Cache:
+    """One sample cache: (dataset, model, sampling parameters), split into shards."""
+
+    dataset: str
+    model: str
+    key: str
+    kind: str  # "sampled" | "greedy"
+    prompt: dict
+    sampling: dict
+    engine_args: dict
+    shards: tuple[str, ...] = field(repr=False)
+
+    def spec(self) -> dict[str, Any]:
+        """What a generate job needs besides its inputs (a function of the key alone)."""
+        return {
+            "key": self.key,
+            "prompt": self.prompt,
+            "sampling": self.sampling,
+            "engine_args": self.engine_args,
+        }
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dataset_identity(name: str, cfg: dict) -> dict:
+    """The dataset definition for cache keys: config plus the file's content hash."""
+    ident = dict(cfg)
+    if "path" in cfg:
+        if not Path(cfg["path"]).is_file():
+            raise FileNotFoundError(f"dataset {name}: path {cfg['path']} does not exist")
+        ident["sha256"] = _file_digest(cfg["path"])
+        del ident["path"]  # moving the file must not invalidate the cache
+    return ident
+
+
+def prompt_for(config: dict, model: str, dataset: str) -> dict:
+    ref = config["models"][model]["prompt"]
+    name = ref if isinstance(ref, str) else ref.get(dataset)
+    if name is None:
+        raise ValueError(f"models.{model}.prompt names no prompt for dataset {dataset!r}")
+    if name not in config["prompts"]:
+        raise ValueError(f"models.{model}.prompt: {name!r} is not a key of prompts")
+    return {"format": "plain", "stop": [], **config["prompts"][name]}
+
+
+def caches(config: dict) -> list[Cache]:
+    """Every cache the config asks for, sampled and greedy, for every dataset x model."""
+    shards = {**SHARD_DEFAULTS, **config.get("shards", {})}
+    sampling = {"seed": 0, "greedy": True, **config["sampling"]}
+    out: list[Cache] = []
+    for dataset, dcfg in config["datasets"].items():
+        num_problems = datasets.count_problems(dataset, dcfg)
+        ident = dataset_identity(dataset, dcfg)
+        pblocks = generate.blocks(num_problems, shards["problems"])
+        for model, mcfg in config["models"].items():
+            prompt = prompt_for(config, model, dataset)
+            engine_args = mcfg.get("engine_args", {})
+            model_id = models.identity(mcfg["path"], mcfg.get("revision"))
+            kinds = [("sampled", sampling, sampling["n"])]
+            if sampling["greedy"]:
+                kinds.append(("greedy", generate.greedy_sampling(sampling), 1))
+            for kind, params, n in kinds:
+                params = {k: params[k] for k in generate.SAMPLING_KEYS}
+                key = generate.cache_key(
+                    model_identity=model_id,
+                    prompt=prompt,
+                    sampling=params,
+                    dataset=ident,
+                    engine_args=engine_args,
+                )
+                names = tuple(
+                    generate.shard_name(p, s)
+                    for p in pblocks
+                    for s in generate.blocks(n, shards["samples"])
+                )
+                out.append(Cache(dataset, model, key, kind, prompt, params, engine_args, names))
+    return out
+
+
+def find(all_caches: list[Cache], **match: str) -> Cache:
+    """The one cache matching the given fields (e.g. dataset=..., model=..., kind=...)."""
+    found = [c for c in all_caches if all(getattr(c, k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise KeyError(f"{len(found)} caches match {match}")
+    return found[0]
