@@ -12,6 +12,7 @@ include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/generate.smk"
 include: "rules/grade.smk"
+include: "rules/score.smk"
 include: "rules/replay.smk"
 include: "rules/aggregate.smk"
 

@@ -9,13 +9,17 @@ Tables (one per stage, each row tagged with its dataset / model / cache):
                prompt_tokens, output_tokens, finish_reason, cumulative_logprob
                (text stays in the Parquet cache)
     grades     dataset, model, kind, key, problem_id, sample_idx, answer, answer_class, correct
-    replay     dataset, model, problem_id, strategy, n, accuracy, output_tokens,
-               prompt_tokens, flops_paper, flops_full
+    scores     dataset, model, key, prm, problem_id, sample_idx, scores (list of step
+               scores), prm_tokens, prm_params
+    replay     dataset, model, prm, aggregation, problem_id, strategy, n, accuracy,
+               accuracy_se (Monte Carlo SE of this problem's estimate; 0 when exact),
+               output_tokens, prompt_tokens, flops_paper, flops_full. prm and aggregation
+               are NULL for strategies that use no PRM (greedy, majority, coverage).
     provenance key, value (config hash, git commit, library versions, time)
 View:
-    accuracy_vs_flops  per (dataset, model, strategy, n): accuracy (mean over problems),
-               accuracy_se (standard error across problems), output_tokens, flops_paper,
-               flops_full (means per problem), num_problems
+    accuracy_vs_flops  per (dataset, model, prm, strategy, aggregation, n): accuracy
+               (mean over problems), accuracy_se (standard error across problems),
+               output_tokens, flops_paper, flops_full (means per problem), num_problems
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pipeline import io
 
 ACCURACY_VS_FLOPS = """
 CREATE VIEW accuracy_vs_flops AS
-SELECT dataset, model, strategy, n,
+SELECT dataset, model, prm, strategy, aggregation, n,
        avg(accuracy) AS accuracy,
        CASE WHEN count(*) > 1 THEN stddev_samp(accuracy) / sqrt(count(*)) ELSE 0 END
            AS accuracy_se,
@@ -44,8 +48,8 @@ SELECT dataset, model, strategy, n,
        avg(flops_full) AS flops_full,
        count(*) AS num_problems
 FROM replay
-GROUP BY dataset, model, strategy, n
-ORDER BY dataset, model, strategy, n
+GROUP BY dataset, model, prm, strategy, aggregation, n
+ORDER BY dataset, model, prm NULLS FIRST, strategy, aggregation NULLS FIRST, n
 """
 
 
@@ -79,6 +83,21 @@ def provenance(config_text: str) -> pl.DataFrame:
     return pl.DataFrame({"key": list(rows), "value": list(rows.values())})
 
 
+REPLAY_COLUMNS = [
+    "dataset", "model", "prm", "aggregation", "problem_id", "strategy", "n", "accuracy",
+    "accuracy_se", "output_tokens", "prompt_tokens", "flops_paper", "flops_full",
+]
+
+
+def _replay_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Sampling and PRM replays in one table; PRM columns are NULL where no PRM is used."""
+    df = pl.concat(parts, how="diagonal_relaxed")
+    for col, dtype in (("prm", pl.String), ("aggregation", pl.String), ("accuracy_se", pl.Float64)):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype).alias(col))
+    return df.with_columns(pl.col("accuracy_se").fill_null(0.0)).select(REPLAY_COLUMNS)
+
+
 def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
     """Read every stage's outputs named in the manifest into tagged tables."""
     problems = [_tagged(p, dataset=d) for d, p in manifest["problems"].items()]
@@ -97,6 +116,13 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         grades.append(_tagged(c["grades"], **tags))
     replay = [_tagged(p, dataset=d, model=m) for (d, m), p in
               ((tuple(k.split("/")), v) for k, v in manifest["replay"].items())]
+    replay += [_tagged(p, dataset=k.split("/")[0], model=k.split("/")[1])
+               for k, p in manifest.get("replay_prm", {}).items()]
+    scores = [
+        _tagged(f, ["problem_id", "sample_idx", "scores", "prm_tokens", "prm_params"],
+                dataset=s["dataset"], model=s["model"], key=s["key"], prm=s["prm"])
+        for s in manifest.get("scores", []) for f in s["files"]
+    ]
     return {
         "problems": pl.concat(problems),
         "models": pl.concat(models, how="diagonal_relaxed").select(
@@ -105,7 +131,8 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         "caches": pl.DataFrame(caches),
         "samples": pl.concat(samples),
         "grades": pl.concat(grades),
-        "replay": pl.concat(replay),
+        "replay": _replay_table(replay),
+        **({"scores": pl.concat(scores)} if scores else {}),
     }
 
 
@@ -130,30 +157,51 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path) -> None:
 
 
 def plot_accuracy_vs_flops(curve: pl.DataFrame, out: str | Path, *, flops: str = "flops_paper") -> None:
-    """Accuracy against FLOPs per problem (log x), one line per model x strategy."""
+    """Accuracy against FLOPs per problem (log x): a row per dataset; the first panel
+    holds the strategies without a PRM, then one panel per PRM with best-of-N and
+    weighted voting for each step aggregation (majority voting repeated, dashed, as the
+    reference)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = curve["dataset"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    prms = curve.filter(pl.col("prm").is_not_null())["prm"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(len(datasets), 1 + len(prms), figsize=(6 * (1 + len(prms)), 4.5 * len(datasets)),
+                             squeeze=False)
+
+    def draw(ax, g, label, **style):
+        g = g.sort("n")
+        if g.height == 1:
+            style = {"marker": "*", "markersize": 12, "linestyle": "none", **style}
+        ax.errorbar(g[flops], g["accuracy"], yerr=g["accuracy_se"], capsize=2, label=label,
+                    **{"marker": "o", "markersize": 4, **style})
+
+    for row, dataset in zip(axes, datasets):
         sub = curve.filter(pl.col("dataset") == dataset)
-        for (model, strategy), g in sub.group_by(["model", "strategy"], maintain_order=True):
-            g = g.sort("n")
-            style = dict(marker="*", markersize=12, linestyle="none") if g.height == 1 else dict(marker="o")
-            ax.errorbar(g[flops], g["accuracy"], yerr=g["accuracy_se"], capsize=2,
-                        label=f"{model} / {strategy}", **style)
-        ax.set_xscale("log")
-        ax.set_xlabel("FLOPs per problem (" + flops.removeprefix("flops_") + " convention)")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1)
-        ax.set_title(dataset)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        plain = sub.filter(pl.col("prm").is_null())
+        for (model, strategy), g in plain.group_by(["model", "strategy"], maintain_order=True):
+            draw(row[0], g, f"{model} / {strategy}")
+        row[0].set_title(f"{dataset}: sampling")
+        for ax, prm in zip(row[1:], prms):
+            for (model, strategy, agg), g in sub.filter(pl.col("prm") == prm).group_by(
+                ["model", "strategy", "aggregation"], maintain_order=True
+            ):
+                draw(ax, g, f"{model} / {strategy} ({agg})",
+                     linestyle="-" if strategy == "best_of_n" else ":")
+            for model, g in plain.filter(pl.col("strategy") == "majority").group_by("model", maintain_order=True):
+                draw(ax, g, f"{model[0]} / majority", linestyle="--", color="black", alpha=0.6)
+            ax.set_title(f"{dataset}: PRM {prm}")
+        for ax in row:
+            ax.set_xscale("log")
+            ax.set_xlabel("FLOPs per problem (" + flops.removeprefix("flops_") + " convention)")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    io._atomic(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    io._atomic(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 

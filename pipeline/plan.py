@@ -59,8 +59,12 @@ def dataset_identity(name: str, cfg: dict) -> dict:
     return ident
 
 
-def prompt_for(config: dict, model: str, dataset: str) -> dict:
+def prompt_for(config: dict, model: str, dataset: str | None) -> dict:
+    """The model's prompt for a dataset (None: its training data, same prompt as its
+    first dataset)."""
     ref = config["models"][model]["prompt"]
+    if not isinstance(ref, str) and dataset is None:
+        dataset = next(iter(ref))
     name = ref if isinstance(ref, str) else ref.get(dataset)
     if name is None:
         raise ValueError(f"models.{model}.prompt names no prompt for dataset {dataset!r}")
@@ -69,22 +73,50 @@ def prompt_for(config: dict, model: str, dataset: str) -> dict:
     return {"format": "plain", "stop": [], **config["prompts"][name]}
 
 
+def trained_prms(config: dict) -> dict[str, dict]:
+    """PRMs the workflow fits itself (value heads), by name."""
+    return {n: p for n, p in config.get("prms", {}).items() if p["format"] == "value-head"}
+
+
+def training_datasets(config: dict) -> dict[str, dict]:
+    """Datasets that only feed PRM training: '<prm>-train' -> dataset entry."""
+    return {f"{n}-train": p["train"]["dataset"] for n, p in trained_prms(config).items()}
+
+
+def all_datasets(config: dict) -> dict[str, dict]:
+    return {**config["datasets"], **training_datasets(config)}
+
+
 def caches(config: dict) -> list[Cache]:
-    """Every cache the config asks for, sampled and greedy, for every dataset x model."""
+    """Every cache the config asks for: sampled and greedy for every dataset x model,
+    and the samples each trained PRM learns from (kind "train")."""
     shards = {**SHARD_DEFAULTS, **config.get("shards", {})}
     sampling = {"seed": 0, "greedy": True, **config["sampling"]}
+    train = {f"{n}-train": p["train"] for n, p in trained_prms(config).items()}
     out: list[Cache] = []
-    for dataset, dcfg in config["datasets"].items():
+    for dataset, dcfg in all_datasets(config).items():
         num_problems = datasets.count_problems(dataset, dcfg)
         ident = dataset_identity(dataset, dcfg)
         pblocks = generate.blocks(num_problems, shards["problems"])
         for model, mcfg in config["models"].items():
-            prompt = prompt_for(config, model, dataset)
+            prompt = prompt_for(config, model, dataset if dataset not in train else None)
             engine_args = mcfg.get("engine_args", {})
             model_id = models.identity(mcfg["path"], mcfg.get("revision"))
-            kinds = [("sampled", sampling, sampling["n"])]
-            if sampling["greedy"]:
-                kinds.append(("greedy", generate.greedy_sampling(sampling), 1))
+            if dataset in train:
+                # A head's training samples have their own sampling parameters, so
+                # changing the evaluation temperature does not retrain it.
+                t = train[dataset]
+                params = {
+                    "temperature": t.get("temperature", 0.7),
+                    "top_p": t.get("top_p", 0.95),
+                    "max_tokens": t.get("max_tokens", sampling["max_tokens"]),
+                    "seed": sampling["seed"],
+                }
+                kinds = [("train", params, t.get("n", 8))]
+            else:
+                kinds = [("sampled", sampling, sampling["n"])]
+                if sampling["greedy"]:
+                    kinds.append(("greedy", generate.greedy_sampling(sampling), 1))
             for kind, params, n in kinds:
                 params = {k: params[k] for k in generate.SAMPLING_KEYS}
                 key = generate.cache_key(

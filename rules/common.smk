@@ -9,14 +9,17 @@ from pipeline import models, plan
 
 CACHES = plan.caches(config)
 EMBEDDED_MODELS = [m for m, c in config["models"].items() if models.is_embedded(c["path"])]
+PRMS = config.get("prms", {})
 
 
 wildcard_constraints:
-    dataset="|".join(map(re.escape, config["datasets"])),
+    dataset="|".join(map(re.escape, plan.all_datasets(config))),
     model="|".join(map(re.escape, config["models"])),
     key="[0-9a-f]{12}",
     shard=r"p\d{5}-\d{5}_s\d{4}-\d{4}",
     embedded="|".join(map(re.escape, EMBEDDED_MODELS)) or "(?!)",
+    prm="|".join(map(re.escape, PRMS)) or "(?!)",
+    trained="|".join(map(re.escape, plan.trained_prms(config))) or "(?!)",
 
 
 def get_cache(wildcards):
@@ -24,7 +27,7 @@ def get_cache(wildcards):
 
 
 def get_dataset_spec(wildcards):
-    return json.dumps(config["datasets"][wildcards.dataset])
+    return json.dumps(plan.all_datasets(config)[wildcards.dataset])
 
 
 def get_model_source(wildcards):
@@ -95,20 +98,36 @@ def get_manifest():
                 "grades": f"results/grades/{c.dataset}/{c.model}/{c.key}.parquet",
             }
             for c in CACHES
+            if c.kind != "train"
         ],
         "replay": {
             f"{d}/{m}": f"results/replay/{d}/{m}.parquet"
             for d in config["datasets"]
             for m in config["models"]
         },
+        "replay_prm": {
+            f"{d}/{m}/{p}": f"results/replay_prm/{d}/{m}/{p}.parquet"
+            for d in config["datasets"]
+            for m in config["models"]
+            for p in PRMS
+        },
+        "scores": [
+            {"dataset": c.dataset, "model": c.model, "key": c.key, "prm": p, "files": score_paths(c, p)}
+            for c in CACHES
+            if c.kind == "sampled"
+            for p in PRMS
+        ],
     }
 
 
 def get_manifest_files():
     m = get_manifest()
     files = list(m["problems"].values()) + list(m["models"].values()) + list(m["replay"].values())
+    files += list(m["replay_prm"].values())
     for c in m["caches"]:
         files += c["shards"] + [c["grades"]]
+    for s in m["scores"]:
+        files += s["files"]
     return files
 
 
@@ -118,3 +137,49 @@ def get_manifest_json(wildcards):
 
 def get_config_json(wildcards):
     return json.dumps(config, sort_keys=True)
+
+
+def get_prm_spec(wildcards):
+    return json.dumps(PRMS[wildcards.get("prm") or wildcards.get("trained")])
+
+
+def get_training_inputs(wildcards):
+    cache = plan.find(CACHES, dataset=f"{wildcards.trained}-train", model=wildcards.model, kind="train")
+    return {
+        "problems": f"results/problems/{cache.dataset}.parquet",
+        "grades": f"results/grades/{cache.dataset}/{cache.model}/{cache.key}.parquet",
+        "shards": shard_paths(cache),
+        "info": f"results/models/{wildcards.model}/info.json",
+    }
+
+
+def get_value_head(wildcards):
+    if PRMS[wildcards.prm]["format"] == "value-head":
+        return f"results/prms/{wildcards.model}/{wildcards.prm}"
+    return []
+
+
+def get_head_arg(wildcards, input):
+    return f"--head {input.head}" if input.head else ""
+
+
+def score_paths(cache, prm):
+    return [
+        f"results/scores/{cache.dataset}/{cache.model}/{cache.key}/{prm}/{s}.parquet"
+        for s in cache.shards
+    ]
+
+
+def get_prm_replay_inputs(wildcards):
+    sampled = plan.find(CACHES, dataset=wildcards.dataset, model=wildcards.model, kind="sampled")
+    return {
+        "grades": f"results/grades/{sampled.dataset}/{sampled.model}/{sampled.key}.parquet",
+        "shards": shard_paths(sampled),
+        "scores": score_paths(sampled, wildcards.prm),
+        "info": f"results/models/{wildcards.model}/info.json",
+    }
+
+
+def get_replay_settings(wildcards):
+    r = {"num_draws": 1000, "seed": 0, **config.get("replay", {})}
+    return f"--num-draws {r['num_draws']} --seed {r['seed']}"

@@ -64,7 +64,7 @@ def test_sample_one_call_rows_in_order():
     assert df["problem_id"].to_list() == ["p0", "p0", "p1", "p1", "p2", "p2"]
     assert df["sample_idx"].to_list() == [4, 5] * 3
     assert df["step_ends"][0].to_list() == [2, 19]
-    assert df["output_tokens"].to_list() == [4, 4] * 3
+    assert df["output_tokens"].to_list() == [5, 4] * 3
     assert df["prompt_tokens"].to_list() == [2] * 6
 
 

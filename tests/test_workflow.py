@@ -9,6 +9,7 @@ The tests in this module share one run and must stay in this order.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -28,6 +29,10 @@ TINY = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 TINY["datasets"] = {"arith": {"source": "arith", "split": "test", "seed": 0, "levels": [1], "limit": 6}}
 TINY["sampling"].update(n=4, max_tokens=48)
 TINY["shards"] = {"problems": 8, "samples": 4}
+TINY["prms"]["logprob"] = {"format": "logprob", "options": {"dtype": "bfloat16"}}
+TINY["prms"]["value-head"]["train"] = {
+    "dataset": {"source": "arith", "split": "train", "seed": 0, "levels": [1], "limit": 8}, "n": 4
+}
 
 
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -78,6 +83,8 @@ def test_duckdb_contents(run):
     params = con.execute("SELECT params_total FROM models").fetchone()[0]
     assert 130e6 < params < 140e6  # SmolLM2-135M, embeddings counted once (tied)
     curve = pl.from_arrow(con.execute("SELECT * FROM accuracy_vs_flops ORDER BY strategy, n").to_arrow_table())
+    prm_curve = curve.filter(pl.col("prm").is_not_null())
+    curve = curve.filter(pl.col("prm").is_null())
     assert sorted(set(zip(curve["strategy"], curve["n"]))) == [
         ("coverage", 1), ("coverage", 2), ("coverage", 4), ("greedy", 1),
         ("majority", 1), ("majority", 2), ("majority", 4),
@@ -100,6 +107,20 @@ def test_duckdb_contents(run):
     assert row[2] > row[1]
     assert (run / "results" / "plots" / "accuracy_vs_flops.png").stat().st_size > 10_000
 
+    # PRM strategies: every PRM x strategy x aggregation x n; at n = 1 both pick the
+    # single sample, so they equal pass@1
+    assert prm_curve.height == 2 * 2 * 4 * 3
+    at1 = prm_curve.filter(n=1)["accuracy"].to_list()
+    assert all(abs(a - cov[0]) < 1e-9 for a in at1)
+    assert ((prm_curve["flops_full"] > prm_curve["flops_paper"])).all()
+    steps = con.execute(
+        "SELECT count(*), sum(CASE WHEN len(scores) = s.num_steps THEN 1 ELSE 0 END) FROM scores "
+        "JOIN samples s USING (dataset, model, key, problem_id, sample_idx) WHERE scores.prm = 'value-head'"
+    ).fetchone()
+    assert steps[0] == 24 and steps[1] == 24  # one score per step for every sample
+    head = json.loads((run / "results" / "prms" / "smollm2-135m" / "value-head" / "value_head.json").read_text())
+    assert head["training"]["samples"] > 0
+
 
 def test_second_run_is_a_noop(run):
     out = snakemake(run, TINY, "-n")
@@ -110,7 +131,9 @@ def test_adding_a_dataset_runs_only_its_jobs(run):
     config = copy.deepcopy(TINY)
     config["datasets"]["arith_train"] = {"source": "arith", "split": "train", "seed": 0, "levels": [2], "limit": 3}
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
-    assert {r for r, _ in jobs} == {"problems", "generate", "grade", "replay", "aggregate", "all"}
+    assert {r for r, _ in jobs} == {
+        "problems", "generate", "grade", "score", "replay", "replay_prm", "aggregate", "all"
+    }
     for rule, w in jobs:
         if rule not in ("aggregate", "all"):
             assert w["dataset"] == "arith_train", (rule, w)
@@ -121,10 +144,11 @@ def test_adding_a_model_runs_only_its_jobs(run):
     config["models"]["smollm2-copy"] = {**config["models"]["smollm2-135m"]}
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
     assert {r for r, _ in jobs} == {
-        "embedded_model", "model_info", "generate", "grade", "replay", "aggregate", "all"
+        "embedded_model", "model_info", "generate", "grade", "train_value_head", "score",
+        "replay", "replay_prm", "aggregate", "all",
     }
     for rule, w in jobs:
-        if rule not in ("aggregate", "all"):
+        if rule not in ("aggregate", "all", "problems"):
             assert w.get("model", w.get("embedded")) == "smollm2-copy", (rule, w)
 
 
@@ -134,6 +158,8 @@ def test_raising_n_generates_only_new_sample_blocks(run):
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
     generated = [w["shard"] for r, w in jobs if r == "generate"]
     assert generated == ["p00000-00006_s0004-0008"]
+    scored = sorted((w["prm"], w["shard"]) for r, w in jobs if r == "score")
+    assert scored == [("logprob", "p00000-00006_s0004-0008"), ("value-head", "p00000-00006_s0004-0008")]
 
 
 def test_changing_temperature_writes_a_new_cache(run):
@@ -142,7 +168,9 @@ def test_changing_temperature_writes_a_new_cache(run):
     config = copy.deepcopy(TINY)
     config["sampling"]["temperature"] = 1.0
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
-    assert [r for r, _ in jobs].count("generate") == 1  # greedy cache is unaffected
+    # a new sampled cache; the greedy and training caches (temperature-free / unchanged
+    # key) are untouched
+    assert [r for r, _ in jobs].count("generate") == 1
     snakemake(run, config)
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in samples.rglob("*.parquet")}
     assert all(after[p] == before[p] for p in before), "an existing cache was rewritten"

@@ -1,0 +1,69 @@
+"""Process reward models: one score per reasoning step, one forward pass per sample.
+
+    prm = load("math-shepherd", None)            # default model of the format
+    scores, tokens = prm.score(questions, texts, step_ends, batch_size=8)
+    # scores[i][k]: step k of sample i, in (0, 1); tokens[i]: tokens the PRM read
+
+Formats (registry FORMATS, format -> "module:Class", imported on first use):
+    math-shepherd   P("+") at a "ки" tag after each step (pipeline/prm/tagged.py)
+    qwen-prm        Qwen2.5-Math-PRM: P(class 1) at "<extra_0>" after each step
+    llemma-prm      sigmoid(mean of 2 logits) at a "\\n\\n" tag after each step
+    value-head      logistic regression on the policy's hidden state at each step end
+                    (`model` is the head directory; train with `train_value_head`)
+    logprob         exp(mean token log-prob) of each step under the policy
+                    (`model` is the policy directory)
+
+Step boundaries are `step_ends` from the SAMPLES contract (exclusive character offsets);
+pipeline/prm/positions.py maps them to token positions. Scoring raises ValueError naming
+the PRM and the sample for a sample without steps (or with unusable step ends), a step
+tag that is not a token of the encoded sample, or a non-finite score; `load` already
+raises ValueError naming the PRM when the tokenizer lacks the format's tag (or "+"/"-").
+torch/transformers load only when a PRM is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pipeline.prm.base import PRM
+
+FORMATS: dict[str, str] = {
+    "math-shepherd": "pipeline.prm.tagged:MathShepherdPRM",
+    "qwen-prm": "pipeline.prm.tagged:QwenPRM",
+    "llemma-prm": "pipeline.prm.tagged:LlemmaPRM",
+    "value-head": "pipeline.prm.value_head:ValueHead",
+    "logprob": "pipeline.prm.policy:LogprobPRM",
+}
+
+
+def prm_class(format: str) -> type[PRM]:
+    if format not in FORMATS:
+        raise ValueError(f"unknown PRM format {format!r}; known: {sorted(FORMATS)}")
+    module, _, name = FORMATS[format].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load(format: str, model: str | None = None, **options: Any) -> PRM:
+    """Build the PRM of `format` from `model` (hub id or directory; None = the format's
+    default model; the head directory for value-head, the policy for logprob).
+    Common options: device, dtype, tokenizer, revision, trust_remote_code; the rest are
+    the format's (see its module)."""
+    return prm_class(format).open(model, **options)
+
+
+def train_value_head(*args: Any, **kwargs: Any):
+    """See pipeline.prm.value_head.train_value_head."""
+    from pipeline.prm.value_head import train_value_head as train
+
+    return train(*args, **kwargs)
+
+
+def auc(scores, labels) -> float:
+    """Mann-Whitney ROC AUC, ties counted half (pipeline.prm.value_head.auc)."""
+    from pipeline.prm.value_head import auc as _auc
+
+    return _auc(scores, labels)
+
+
+__all__ = ["FORMATS", "PRM", "auc", "load", "prm_class", "train_value_head"]

@@ -1,0 +1,251 @@
+"""The PRM interface and the machinery every adapter shares.
+
+An adapter turns each sample into one token sequence plus the token positions where
+its steps are scored (`Encoded`), then `HFPRM.score` runs ONE forward pass per sample:
+samples are sorted by length (longest first, so running out of memory shows at once),
+cut into batches of `batch_size`, right-padded with an attention mask (causal models:
+padding after the last real token changes nothing before it), and every step score is
+read from that pass. Scores must be finite: a NaN/inf is an error, never a zero.
+
+torch and transformers are imported inside functions, so importing this module is free.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.prm import positions as pos_mod
+
+
+class PRM(abc.ABC):
+    """A process reward model: one score per step, from one forward pass per sample.
+
+    name            the model (hub id, directory or head directory)
+    format          the registry key it was loaded under
+    num_parameters  parameters that read every token (for FLOPs accounting)
+    """
+
+    name: str
+    format: str
+    num_parameters: int
+
+    @abc.abstractmethod
+    def score(
+        self,
+        questions: list[str],
+        texts: list[str],
+        step_ends: list[list[int]],
+        *,
+        batch_size: int = 8,
+    ) -> tuple[list[list[float]], list[int]]:
+        """Per-sample per-step scores (step order) and the tokens read per sample."""
+
+    @classmethod
+    def open(cls, model: str | None, **options: Any) -> "PRM":
+        """What `pipeline.prm.load` calls: build the PRM from a model name and options."""
+        return cls(model, **options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(format={self.format!r}, name={self.name!r})"
+
+
+@dataclass
+class Encoded:
+    """One sample as the model reads it: token ids and the position of every step."""
+
+    input_ids: list[int]
+    positions: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def resolve_dtype(dtype: Any, device: str) -> Any:
+    """bfloat16 on CUDA, float32 elsewhere, unless `dtype` (a torch dtype or its name) says."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        return value
+    return dtype
+
+
+def load_tokenizer(path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """A fast tokenizer (offset mappings need one)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{path}: PRM scoring needs a fast tokenizer (offset mappings); got {type(tok).__name__}")
+    return tok
+
+
+def load_model(
+    path: str,
+    default_auto: str,
+    *,
+    device: str,
+    dtype: Any,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """The class named in the config's `architectures` when transformers has it
+    (e.g. LlamaForTokenClassification, MistralForCausalLM), else `default_auto`
+    (e.g. AutoModel with remote code for Qwen2ForProcessRewardModel)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        cls = getattr(transformers, default_auto)
+    model = cls.from_pretrained(path, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
+    model.to(device)
+    model.eval()
+    return model
+
+
+def count_parameters(module: Any) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def last_hidden_state(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """The final (normed) hidden states [batch, seq, hidden], without computing vocab
+    logits: runs the model body (`model.base_model`) when the model has one."""
+    body = getattr(model, "base_model", model)
+    if body is not model:
+        out = body(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = getattr(out, "last_hidden_state", None)
+        return hidden if hidden is not None else out[0]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.hidden_states[-1]
+
+
+def head_logits(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """The per-position logits of a token-classification-like model."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+    return logits
+
+
+def check_inputs(prm: PRM, questions: Sequence[str], texts: Sequence[str], step_ends: Sequence[Sequence[int]], batch_size: int) -> None:
+    if not (len(questions) == len(texts) == len(step_ends)):
+        raise ValueError(
+            f"{prm.format} PRM {prm.name}: questions, texts and step_ends differ in length "
+            f"({len(questions)}, {len(texts)}, {len(step_ends)})"
+        )
+    if int(batch_size) < 1:
+        raise ValueError(f"{prm.format} PRM {prm.name}: batch_size must be >= 1, got {batch_size}")
+    for i, (text, ends) in enumerate(zip(texts, step_ends)):
+        problem = pos_mod.validate_step_ends(text, list(ends))
+        if problem:
+            raise ValueError(f"{prm.format} PRM {prm.name}: sample {i} {problem}")
+
+
+def run_batches(
+    items: Sequence[Encoded],
+    batch_size: int,
+    pad: int,
+    device: str,
+    fn: Callable[[Any, Any, list[Encoded]], list[Any]],
+) -> list[Any]:
+    """Call `fn(input_ids, attention_mask, rows)` once per batch of length-sorted,
+    right-padded samples; returns fn's per-row results in the original order."""
+    import torch
+
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
+    results: list[Any] = [None] * len(items)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        rows = [items[i] for i in idx]
+        width = max(len(r.input_ids) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, :len(row.input_ids)] = torch.tensor(row.input_ids, dtype=torch.long)
+            mask[r, :len(row.input_ids)] = 1
+        with torch.inference_mode():
+            out = fn(ids.to(device), mask.to(device), rows)
+        for i, value in zip(idx, out):
+            results[i] = value
+    return results
+
+
+def check_finite(prm: PRM, scores: list[list[float]]) -> None:
+    for i, row in enumerate(scores):
+        for k, value in enumerate(row):
+            if not math.isfinite(value):
+                raise ValueError(f"{prm.format} PRM {prm.name}: non-finite score {value} at sample {i}, step {k}")
+
+
+class HFPRM(PRM):
+    """A PRM backed by a Hugging Face model: subclasses provide `encode` and `read`."""
+
+    model: Any
+    tokenizer: Any
+    device: str
+
+    def encode(self, index: int, question: str, text: str, step_ends: list[int]) -> Encoded:
+        raise NotImplementedError
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        """One batched forward pass; what `read` gets."""
+        raise NotImplementedError
+
+    def read(self, out: Any, row: int, item: Encoded) -> Any:
+        """The step scores of batch row `row` (a 1-D tensor or list of floats)."""
+        raise NotImplementedError
+
+    def error(self, index: int, problem: str) -> ValueError:
+        return ValueError(f"{self.format} PRM {self.name}: sample {index} {problem}")
+
+    def encode_all(self, questions, texts, step_ends, batch_size) -> list[Encoded]:
+        check_inputs(self, questions, texts, step_ends, batch_size)
+        items = []
+        for i, (q, t, e) in enumerate(zip(questions, texts, step_ends)):
+            item = self.encode(i, q, t, [int(x) for x in e])
+            if len(item.positions) != len(e):
+                raise self.error(i, f"produced {len(item.positions)} score positions for {len(e)} steps")
+            items.append(item)
+        return items
+
+    def score(self, questions, texts, step_ends, *, batch_size: int = 8):
+        items = self.encode_all(questions, texts, step_ends, batch_size)
+
+        def step(input_ids, attention_mask, rows):
+            out = self.forward(input_ids, attention_mask)
+            return [[float(v) for v in _tolist(self.read(out, r, item))] for r, item in enumerate(rows)]
+
+        scores = run_batches(items, int(batch_size), pad_id(self.tokenizer), self.device, step)
+        check_finite(self, scores)
+        return scores, [len(item.input_ids) for item in items]
+
+
+def _tolist(value: Any) -> list[float]:
+    if hasattr(value, "detach"):
+        return value.detach().float().cpu().tolist()
+    return list(value)

@@ -1,0 +1,141 @@
+"""The score stage: per-step PRM scores for cached samples, and value-head training.
+
+PRM entries in config (`prms:`):
+    format      math-shepherd | qwen-prm | llemma-prm | value-head | logprob
+    model       Hub id or directory of an external PRM (the three tagged formats);
+                value-head and logprob use each policy model itself
+    options     format options passed to pipeline.prm.load (tag strings, dtype, ...)
+    train       value-head only: how the workflow fits the head on the policy's own
+                samples: {dataset: <a datasets-style entry, e.g. arith train split>,
+                n: samples per problem, l2: penalty}
+
+Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row per sample):
+    problem_id   str
+    sample_idx   int32
+    scores       list[float64]  one score per step, in step order; empty for a sample
+                                without steps (an empty generation: no answer, never correct)
+    prm_tokens   int32          tokens the PRM read for this sample (0 when not scored)
+    prm          str            PRM name in config
+    prm_params   int64          parameters of the PRM's forward pass (FLOPs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import io
+
+SCORES = {
+    "problem_id": pl.String,
+    "sample_idx": pl.Int32,
+    "scores": pl.List(pl.Float64),
+    "prm_tokens": pl.Int32,
+    "prm": pl.String,
+    "prm_params": pl.Int64,
+}
+
+
+def open_prm(spec: dict, *, policy_dir: str, head_dir: str | None):
+    """The PRM object for a config entry, bound to the policy where the format needs it."""
+    from pipeline import prm
+
+    fmt, options = spec["format"], dict(spec.get("options", {}))
+    if fmt == "value-head":
+        return prm.load(fmt, head_dir, policy=policy_dir, **options)
+    if fmt == "logprob":
+        return prm.load(fmt, policy_dir, **options)
+    return prm.load(fmt, spec.get("model"), **options)
+
+
+def score_samples(scorer, name: str, samples: pl.DataFrame, problems: pl.DataFrame, *, batch_size: int = 8) -> pl.DataFrame:
+    """SCORES rows for `samples` (SAMPLES rows) with one forward pass per sample."""
+    questions = dict(zip(problems["problem_id"], problems["question"]))
+    has_steps = samples["step_ends"].list.len() > 0
+    todo = samples.filter(has_steps)
+    scores, tokens = scorer.score(
+        [questions[p] for p in todo["problem_id"]],
+        todo["text"].to_list(),
+        [list(e) for e in todo["step_ends"]],
+        batch_size=batch_size,
+    )
+    scored = todo.select("problem_id", "sample_idx").with_columns(
+        scores=pl.Series(scores, dtype=pl.List(pl.Float64)), prm_tokens=pl.Series(tokens, dtype=pl.Int32)
+    )
+    empty = samples.filter(~has_steps).select("problem_id", "sample_idx").with_columns(
+        scores=pl.lit([], dtype=pl.List(pl.Float64)), prm_tokens=pl.lit(0, dtype=pl.Int32)
+    )
+    out = pl.concat([scored, empty]).sort("problem_id", "sample_idx").with_columns(
+        prm=pl.lit(name), prm_params=pl.lit(scorer.num_parameters, dtype=pl.Int64)
+    )
+    return out.select([pl.col(c).cast(t) for c, t in SCORES.items()])
+
+
+def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grades: str, out: str) -> None:
+    """Fit a value head on graded samples of the training cache; report held-out AUC."""
+    from pipeline import prm
+
+    samples = pl.concat([pl.read_parquet(f) for f in shards])
+    data = (
+        samples.join(pl.read_parquet(grades).select("problem_id", "sample_idx", "correct"), on=["problem_id", "sample_idx"])
+        .join(pl.read_parquet(problems).select("problem_id", "question"), on="problem_id")
+        .filter(pl.col("step_ends").list.len() > 0)
+        .sort("problem_id", "sample_idx")
+    )
+    # Hold out a fifth of the problems (whole problems, so no question leaks) for the AUC.
+    ids = data["problem_id"].unique(maintain_order=True).to_list()
+    held = set(ids[::5])
+    fit, test = data.filter(~pl.col("problem_id").is_in(held)), data.filter(pl.col("problem_id").is_in(held))
+    options = dict(spec.get("options", {}))
+    train_cfg = spec.get("train", {})
+
+    def args(df):
+        return df["question"].to_list(), df["text"].to_list(), [list(e) for e in df["step_ends"]]
+
+    head = prm.train_value_head(policy_dir, *args(fit), fit["correct"].to_list(), l2=train_cfg.get("l2", 1e-3), **options)
+    scores, _ = head.score(*args(test))
+    last = [s[-1] for s in scores]
+    labels = test["correct"].to_list()
+    heldout_auc = prm.auc(last, labels) if 0 < sum(labels) < len(labels) else None
+    head.training["heldout"] = {"problems": len(held), "samples": test.height, "auc_last_step": heldout_auc}
+    # Saved under a temporary name and renamed: a killed job never leaves a head that
+    # looks trained.
+    tmp = Path(out + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    head.save(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(json.dumps(head.training, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="PRM scoring and value-head training")
+    ap.add_argument("what", choices=["score", "train"])
+    ap.add_argument("--spec", required=True, help="the PRM's config entry, as JSON")
+    ap.add_argument("--name")
+    ap.add_argument("--info", required=True, help="policy model info.json")
+    ap.add_argument("--problems", required=True)
+    ap.add_argument("--head", help="value head directory (value-head format)")
+    ap.add_argument("--grades")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("shards", nargs="+")
+    a = ap.parse_args(argv)
+    spec = json.loads(a.spec)
+    policy_dir = json.loads(Path(a.info).read_text())["model_dir"]
+    if a.what == "train":
+        train(spec=spec, policy_dir=policy_dir, problems=a.problems, shards=a.shards, grades=a.grades, out=a.out)
+        return
+    scorer = open_prm(spec, policy_dir=policy_dir, head_dir=a.head)
+    samples = pl.concat([pl.read_parquet(f) for f in a.shards])
+    out = score_samples(scorer, a.name, samples, pl.read_parquet(a.problems), batch_size=a.batch_size)
+    io.write_parquet(out, a.out)
+    print(f"{out.height} samples scored by {a.name} ({out['prm_tokens'].sum()} tokens) -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()
