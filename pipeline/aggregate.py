@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     import duckdb
 
     with duckdb.connect(a.db, read_only=True) as con:
-        curve = pl.from_arrow(con.execute("SELECT * FROM accuracy_vs_flops").to_arrow_table())
+        curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops").to_arrow_table())
     plot_accuracy_vs_flops(curve, a.plot)
     with pl.Config(tbl_rows=200, tbl_cols=12):
         print(curve)

@@ -36,7 +36,7 @@ def test_accuracy_vs_flops_view(tmp_path):
         "flops_paper": [20.0, 40.0, 40.0, 80.0], "flops_full": [30.0, 50.0, 50.0, 90.0],
     })
     db = tmp_path / "r.duckdb"
-    aggregate.write_duckdb({"replay": replay}, db)
+    aggregate.write_duckdb({"replay": aggregate._replay_table([replay])}, db)
     rows = duckdb.connect(str(db), read_only=True).execute(
         "SELECT n, accuracy, accuracy_se, flops_paper, num_problems FROM accuracy_vs_flops ORDER BY n").fetchall()
     assert rows[0] == (1, 0.5, pytest.approx(0.5), 30.0, 2)

@@ -82,7 +82,7 @@ def test_duckdb_contents(run):
     assert con.execute("SELECT count(*) FROM grades").fetchone()[0] == 30
     params = con.execute("SELECT params_total FROM models").fetchone()[0]
     assert 130e6 < params < 140e6  # SmolLM2-135M, embeddings counted once (tied)
-    curve = pl.from_arrow(con.execute("SELECT * FROM accuracy_vs_flops ORDER BY strategy, n").to_arrow_table())
+    curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops ORDER BY strategy, n").to_arrow_table())
     prm_curve = curve.filter(pl.col("prm").is_not_null())
     curve = curve.filter(pl.col("prm").is_null())
     assert sorted(set(zip(curve["strategy"], curve["n"]))) == [
