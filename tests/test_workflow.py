@@ -69,18 +69,28 @@ def run(tmp_path_factory):
     return workdir
 
 
-def test_duckdb_contents(run):
+def open_db(run):
+    """A fresh read-only connection; callers close it, because DuckDB hands a process
+    the instance it already holds for a path, which would hide a rewritten file."""
     import duckdb
 
-    con = duckdb.connect(str(run / "results" / "inference.duckdb"), read_only=True)
+    return duckdb.connect(str(run / "results" / "inference.duckdb"), read_only=True)
+
+
+def test_duckdb_contents(run):
+    with open_db(run) as con:
+        check_contents(con, run)
+
+
+def check_contents(con, run):
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"problems", "models", "caches", "samples", "grades", "replay", "provenance", "accuracy_vs_flops"} <= tables
-    assert con.execute("SELECT count(*) FROM problems").fetchone()[0] == 6
+    assert con.execute("SELECT count(*) FROM problems").fetchall()[0][0] == 6
     assert con.execute("SELECT kind, count(*) FROM samples GROUP BY kind ORDER BY kind").fetchall() == [
         ("greedy", 6), ("sampled", 24)
     ]
-    assert con.execute("SELECT count(*) FROM grades").fetchone()[0] == 30
-    params = con.execute("SELECT params_total FROM models").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM grades").fetchall()[0][0] == 30
+    params = con.execute("SELECT params_total FROM models").fetchall()[0][0]
     assert 130e6 < params < 140e6  # SmolLM2-135M, embeddings counted once (tied)
     curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops ORDER BY strategy, n").to_arrow_table())
     prm_curve = curve.filter(pl.col("prm").is_not_null())
@@ -97,12 +107,12 @@ def test_duckdb_contents(run):
     assert cov == sorted(cov) and all(c >= m - 1e-12 for c, m in zip(cov, maj))
     assert abs(cov[0] - maj[0]) < 1e-12  # at n = 1 both are the per-sample accuracy
     # per-sample accuracy from the grades table equals the replayed pass@1
-    per_sample = con.execute("SELECT avg(correct::DOUBLE) FROM grades WHERE kind = 'sampled'").fetchone()[0]
+    per_sample = con.execute("SELECT avg(correct::DOUBLE) FROM grades WHERE kind = 'sampled'").fetchall()[0][0]
     assert abs(per_sample - cov[0]) < 1e-9
     # FLOPs: paper = 2 * params * generated tokens, full adds prompt tokens
     row = con.execute(
         "SELECT output_tokens, flops_paper, flops_full FROM accuracy_vs_flops WHERE strategy='coverage' AND n=4"
-    ).fetchone()
+    ).fetchall()[0]
     assert row[1] == pytest.approx(2 * params * row[0])
     assert row[2] > row[1]
     assert (run / "results" / "plots" / "accuracy_vs_flops.png").stat().st_size > 10_000
@@ -116,7 +126,7 @@ def test_duckdb_contents(run):
     steps = con.execute(
         "SELECT count(*), sum(CASE WHEN len(scores) = s.num_steps THEN 1 ELSE 0 END) FROM scores "
         "JOIN samples s USING (dataset, model, key, problem_id, sample_idx) WHERE scores.prm = 'value-head'"
-    ).fetchone()
+    ).fetchall()[0]
     assert steps[0] == 24 and steps[1] == 24  # one score per step for every sample
     head = json.loads((run / "results" / "prms" / "smollm2-135m" / "value-head" / "value_head.json").read_text())
     assert head["training"]["samples"] > 0
@@ -177,7 +187,5 @@ def test_changing_temperature_writes_a_new_cache(run):
     new = set(after) - set(before)
     assert len(new) == 1 and next(iter(new)).parent.name not in {p.parent.name for p in before}
 
-    import duckdb
-
-    con = duckdb.connect(str(run / "results" / "inference.duckdb"), read_only=True)
-    assert con.execute("SELECT temperature FROM caches WHERE kind = 'sampled'").fetchall() == [(1.0,)]
+    with open_db(run) as con:
+        assert con.execute("SELECT temperature FROM caches WHERE kind = 'sampled'").fetchall() == [(1.0,)]
