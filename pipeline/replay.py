@@ -242,6 +242,30 @@ def _class_structure(g: pl.DataFrame) -> dict[str, tuple[list[int], list[int], i
     return out
 
 
+def _checked_grades(
+    grades: pl.DataFrame, ns: Sequence[int] | None, what: str
+) -> tuple[pl.DataFrame, list[str], int, list[int]]:
+    """Conformed grades, problem order, N and the budgets: every problem has N samples."""
+    g = schemas.conform(grades, schemas.GRADES, f"{what} grades")
+    if g.height == 0:
+        raise ValueError(f"{what}: grades frame is empty")
+    _check_unique(g, ["problem_id", "sample_idx"], "grades")
+    order = _problem_order(g)
+    counts = g.group_by("problem_id", maintain_order=True).len()
+    num_samples = int(counts.get_column("len")[0])
+    bad = counts.filter(pl.col("len") != num_samples)
+    if bad.height:
+        pid, cnt = bad.row(0)
+        raise ValueError(
+            f"{what}: every problem needs the same number of samples; problem {pid!r} has "
+            f"{cnt}, problem {order[0]!r} has {num_samples}"
+        )
+    ns = budgets(num_samples) if ns is None else sorted({int(x) for x in ns})
+    if not ns or ns[0] < 1 or ns[-1] > num_samples:
+        raise ValueError(f"{what}: budgets {ns} must lie in 1..N={num_samples}")
+    return g, order, num_samples, ns
+
+
 def replay(
     grades: pl.DataFrame,
     greedy: pl.DataFrame | None,
@@ -253,24 +277,7 @@ def replay(
     """Per problem x strategy x n: exact expected accuracy, tokens and FLOPs (REPLAY)."""
     from pipeline import flops  # imported at call time: written as a separate module
 
-    g = schemas.conform(grades, schemas.GRADES, "replay grades")
-    if g.height == 0:
-        raise ValueError("replay: grades frame is empty")
-    _check_unique(g, ["problem_id", "sample_idx"], "grades")
-    order = _problem_order(g)
-
-    counts = g.group_by("problem_id", maintain_order=True).len()
-    num_samples = int(counts.get_column("len")[0])
-    bad = counts.filter(pl.col("len") != num_samples)
-    if bad.height:
-        pid, cnt = bad.row(0)
-        raise ValueError(
-            f"replay: every problem needs the same number of samples; problem {pid!r} has "
-            f"{cnt}, problem {order[0]!r} has {num_samples}"
-        )
-    ns = budgets(num_samples) if ns is None else sorted({int(x) for x in ns})
-    if not ns or ns[0] < 1 or ns[-1] > num_samples:
-        raise ValueError(f"replay: budgets {ns} must lie in 1..N={num_samples}")
+    g, order, num_samples, ns = _checked_grades(grades, ns, "replay")
 
     # expected tokens of a random n-subset = n * per-problem mean over the cache
     keys = g.select("problem_id", "sample_idx")
@@ -725,30 +732,13 @@ def replay_prm(
         raise ValueError(f"replay_prm: need num_draws >= 2, got {num_draws}")
     num_draws = int(num_draws)
 
-    g = schemas.conform(grades, schemas.GRADES, "replay_prm grades")
-    if g.height == 0:
-        raise ValueError("replay_prm: grades frame is empty")
+    g, order, num_samples, ns = _checked_grades(grades, ns, "replay_prm")
     st = schemas.conform(
         step_scores,
         {"problem_id": pl.String, "sample_idx": pl.Int32, "scores": pl.List(pl.Float64)},
         "replay_prm step_scores",
     )
-    _check_unique(g, ["problem_id", "sample_idx"], "grades")
     _check_unique(st, ["problem_id", "sample_idx"], "step_scores")
-    order = _problem_order(g)
-
-    counts = g.group_by("problem_id", maintain_order=True).len()
-    num_samples = int(counts.get_column("len")[0])
-    bad = counts.filter(pl.col("len") != num_samples)
-    if bad.height:
-        pid, cnt = bad.row(0)
-        raise ValueError(
-            f"replay_prm: every problem needs the same number of samples; problem {pid!r} has "
-            f"{cnt}, problem {order[0]!r} has {num_samples}"
-        )
-    ns = budgets(num_samples) if ns is None else sorted({int(x) for x in ns})
-    if not ns or ns[0] < 1 or ns[-1] > num_samples:
-        raise ValueError(f"replay_prm: budgets {ns} must lie in 1..N={num_samples}")
 
     keys = g.select("problem_id", "sample_idx")
     _anti_check(keys, st, "replay_prm: no step scores for problem {pid!r} sample {idx} ({count} missing)")
