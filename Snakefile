@@ -8,16 +8,19 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/generate.smk"
 include: "rules/grade.smk"
 include: "rules/score.smk"
 include: "rules/replay.smk"
+include: "rules/search.smk"
 include: "rules/aggregate.smk"
 
 
 rule all:
     input:
-        "results/inference.duckdb",
-        "results/plots/accuracy_vs_flops.png",
+        rules.aggregate.output,

@@ -26,16 +26,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
 
-    from pipeline import datasets, generate, plan, prompts
+    from pipeline import datasets, generate, models, plan, prompts
 
     config = yaml.safe_load(Path(a.config).read_text())
     dataset, dcfg = next(iter(config["datasets"].items()))
     model, mcfg = next(iter(config["models"].items()))
     cache = plan.find(plan.caches(config), dataset=dataset, model=model, kind="sampled")
     problems = datasets.load_problems(dataset, {**dcfg, "limit": a.problems})
-    info = json.loads(Path(f"results/models/{model}/info.json").read_text())
+    model_dir = models.model_dir_of(f"results/models/{model}/info.json")
 
-    llm = generate.make_engine(info["model_dir"], seed=0, engine_args=cache.engine_args)
+    llm = generate.make_engine(model_dir, seed=0, engine_args=cache.engine_args)
     params = generate.sampling_params(cache.sampling, n=a.n, stop=cache.prompt.get("stop", []))
     texts = [prompts.render(cache.prompt, q) for q in problems["question"]]
     llm.generate(texts[:4], params)  # warm-up

@@ -1,6 +1,11 @@
-"""Everything into one DuckDB file (the query surface) plus the accuracy-vs-FLOPs plot.
+"""Everything into one DuckDB file: the product's query surface.
 
-Tables (one per stage, each row tagged with its dataset / model / cache):
+The database (results/inference.duckdb) holds one table per stage, each row tagged with
+its dataset / model / cache, and three views for the compute-optimal analysis. Open it
+with the `duckdb` CLI or `duckdb.connect(path, read_only=True)`; the figures, the HTML
+report's tables and results/summary.md are all drawn from the views.
+
+Tables:
     problems   dataset, problem_id, question, answer, metadata
     models     model, path, identity, params_total, params_embedding, tie_word_embeddings
     caches     dataset, model, kind ("sampled" | "greedy"), key, n, temperature, top_p,
@@ -11,15 +16,46 @@ Tables (one per stage, each row tagged with its dataset / model / cache):
     grades     dataset, model, kind, key, problem_id, sample_idx, answer, answer_class, correct
     scores     dataset, model, key, prm, problem_id, sample_idx, scores (list of step
                scores), prm_tokens, prm_params
-    replay     dataset, model, prm, aggregation, problem_id, strategy, n, accuracy,
-               accuracy_se (Monte Carlo SE of this problem's estimate; 0 when exact),
-               output_tokens, prompt_tokens, flops_paper, flops_full. prm and aggregation
-               are NULL for strategies that use no PRM (greedy, majority, coverage).
+    replay     one row per (dataset, model, prm, aggregation, problem_id, strategy, n):
+               accuracy, accuracy_se (Monte Carlo SE of this problem's estimate; 0 when
+               exact), output_tokens, prompt_tokens, flops_paper, flops_full. prm and
+               aggregation are NULL for strategies that use no PRM (greedy, majority,
+               coverage). Every strategy of every stage lands here (tree search too, with
+               n = its budget), so the views below pick up new strategies by themselves.
+    search     dataset, model, prm, search (config entry), key, and the SEARCH columns of
+               pipeline/search.py: per problem x selection rule x aggregation, the chosen
+               answer, accuracy, complete leaves, policy / prompt / PRM tokens, depth,
+               FLOPs. (Only when the config has `search` entries.) Its rows also enter
+               `replay` as strategy "<search>_<rule>" with n = the budget.
     provenance key, value (config hash, git commit, library versions, time)
-View:
-    accuracy_vs_flops  per (dataset, model, prm, strategy, aggregation, n): accuracy
-               (mean over problems), accuracy_se (standard error across problems),
-               output_tokens, flops_paper, flops_full (means per problem), num_problems
+
+Views:
+    accuracy_vs_flops  one row per curve point (dataset, model, prm, strategy,
+               aggregation, n): accuracy (mean over problems), accuracy_se (standard error
+               across problems), output_tokens and prompt_tokens (means per problem),
+               flops_paper and flops_full (means per problem, the two conventions of
+               pipeline.flops), num_problems, and `oracle` (true for coverage / pass@n,
+               which needs the reference answer to pick a sample and so is an upper
+               bound, not a strategy one can run).
+    pareto     the accuracy-FLOPs Pareto front per (dataset, convention): every non-oracle
+               point of accuracy_vs_flops that no other point dominates (another point
+               dominates it when it needs at most as many FLOPs and is at least as
+               accurate, and is strictly better in one of the two). Of points tied in
+               both (at n = 1 every voting strategy is the same one sample) one is kept,
+               the first by (prm NULLS FIRST, strategy, aggregation, model, n), and
+               `tied` counts them. Long format: `convention` is 'paper' or 'full' and
+               `flops` the point's FLOPs in that convention (flops_paper / flops_full are
+               kept too). Across all models, PRMs and strategies; ordered by flops, so
+               accuracy rises strictly along it.
+    compute_optimal  per (dataset, convention, budget): the best point within the budget,
+               i.e. the most accurate non-oracle point with flops <= budget (= the Pareto
+               point with the largest flops <= budget). Budgets form a log-spaced grid,
+               BUDGETS_PER_DECADE per decade (budget = 10^(k / 4)), from the cheapest
+               point's FLOPs up to the first grid value at or above the costliest point;
+               budgets below the cheapest point have no row. Columns: budget,
+               log10_budget, model, params_total (from `models`), prm, strategy,
+               aggregation, n, accuracy, accuracy_se, flops, flops_paper, flops_full.
+               Accuracy never decreases as the budget grows.
 """
 
 from __future__ import annotations
@@ -35,22 +71,104 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io
+from pipeline import io, search
 
-ACCURACY_VS_FLOPS = """
+# Strategies that need the reference answer to choose (upper bounds, not runnable):
+# listed in accuracy_vs_flops.oracle, left out of the Pareto front and compute_optimal.
+ORACLE_STRATEGIES = ("coverage",)
+CONVENTIONS = ("paper", "full")
+BUDGETS_PER_DECADE = 4
+STORAGE_VERSION = "v1.1.0"
+
+ACCURACY_VS_FLOPS = f"""
 CREATE VIEW accuracy_vs_flops AS
 SELECT dataset, model, prm, strategy, aggregation, n,
        avg(accuracy) AS accuracy,
        CASE WHEN count(*) > 1 THEN stddev_samp(accuracy) / sqrt(count(*)) ELSE 0 END
            AS accuracy_se,
        avg(output_tokens) AS output_tokens,
+       avg(prompt_tokens) AS prompt_tokens,
        avg(flops_paper) AS flops_paper,
        avg(flops_full) AS flops_full,
-       count(*) AS num_problems
+       count(*) AS num_problems,
+       strategy IN ({", ".join(f"'{s}'" for s in ORACLE_STRATEGIES)}) AS oracle
 FROM replay
 GROUP BY dataset, model, prm, strategy, aggregation, n
 ORDER BY dataset, model, prm NULLS FIRST, strategy, aggregation NULLS FIRST, n
 """
+
+# Long format over the two FLOPs conventions; a point is dominated by another that
+# needs no more FLOPs, is no less accurate and is strictly better in one of the two.
+# Points compare on keys rounded to 12 digits (accuracy; log10 of FLOPs), so that sums
+# taken in another order do not split a tie. Of tied points (at n = 1 every voting
+# strategy is the one sample, and in the paper convention a PRM costs nothing) the front
+# keeps one, the first by (prm NULLS FIRST, strategy, aggregation, model, n), and counts
+# them in `tied`.
+PARETO = f"""
+CREATE VIEW pareto AS
+WITH points AS (
+    SELECT a.dataset, c.convention, a.model, a.prm, a.strategy, a.aggregation, a.n,
+           a.accuracy, a.accuracy_se,
+           CASE c.convention WHEN 'paper' THEN a.flops_paper ELSE a.flops_full END AS flops,
+           a.flops_paper, a.flops_full, a.output_tokens, a.prompt_tokens
+    FROM accuracy_vs_flops a
+    CROSS JOIN (VALUES {", ".join(f"('{c}')" for c in CONVENTIONS)}) AS c(convention)
+    WHERE NOT a.oracle
+), keyed AS (
+    SELECT *, round(accuracy, 12) AS acc_key,
+           round(log10(greatest(flops, 1e-300)), 12) AS flops_key
+    FROM points
+), front AS (
+    SELECT p.* FROM keyed p
+    WHERE NOT EXISTS (
+        SELECT 1 FROM keyed q
+        WHERE q.dataset = p.dataset AND q.convention = p.convention
+          AND q.flops_key <= p.flops_key AND q.acc_key >= p.acc_key
+          AND (q.flops_key < p.flops_key OR q.acc_key > p.acc_key)
+    )
+)
+SELECT dataset, convention, model, prm, strategy, aggregation, n, accuracy, accuracy_se,
+       flops, flops_paper, flops_full, output_tokens, prompt_tokens,
+       count(*) OVER ties AS tied
+FROM front
+WINDOW ties AS (PARTITION BY dataset, convention, flops_key, acc_key)
+QUALIFY row_number() OVER (PARTITION BY dataset, convention, flops_key, acc_key
+    ORDER BY prm NULLS FIRST, strategy, aggregation NULLS FIRST, model, n) = 1
+ORDER BY dataset, convention, flops
+"""
+
+# The best point within each budget of a log-spaced grid: the front's last point at or
+# below the budget (ties between identical points broken by name, for a stable answer).
+COMPUTE_OPTIMAL = f"""
+CREATE VIEW compute_optimal AS
+WITH grid AS (
+    SELECT dataset, convention,
+           unnest(range(floor({BUDGETS_PER_DECADE} * log10(min(flops)))::BIGINT,
+                        ceil({BUDGETS_PER_DECADE} * log10(max(flops)))::BIGINT + 1)) AS k
+    FROM pareto WHERE flops > 0
+    GROUP BY dataset, convention
+), best AS (
+    SELECT g.dataset, g.convention, power(10, g.k / {BUDGETS_PER_DECADE}.0) AS budget,
+           g.k / {BUDGETS_PER_DECADE}.0 AS log10_budget,
+           f.model, f.prm, f.strategy, f.aggregation, f.n, f.accuracy, f.accuracy_se,
+           f.flops, f.flops_paper, f.flops_full
+    FROM grid g
+    JOIN pareto f ON f.dataset = g.dataset AND f.convention = g.convention
+                 AND f.flops <= power(10, g.k / {BUDGETS_PER_DECADE}.0)
+    QUALIFY row_number() OVER (
+        PARTITION BY g.dataset, g.convention, g.k
+        ORDER BY f.accuracy DESC, f.flops, f.model, f.prm NULLS FIRST, f.strategy,
+                 f.aggregation NULLS FIRST, f.n) = 1
+)
+SELECT b.dataset, b.convention, b.budget, b.log10_budget, b.model, m.params_total,
+       b.prm, b.strategy, b.aggregation, b.n, b.accuracy, b.accuracy_se, b.flops,
+       b.flops_paper, b.flops_full
+FROM best b LEFT JOIN {{models}} m USING (model)
+ORDER BY dataset, convention, budget
+"""
+
+# A stand-in for a database built without a models table (unit tests of the views).
+_NO_MODELS = "(SELECT NULL::VARCHAR AS model, NULL::BIGINT AS params_total)"
 
 
 def _tagged(path: str, columns: list[str] | None = None, **tags: str) -> pl.DataFrame:
@@ -114,10 +232,14 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
                 s.with_columns(num_steps=pl.col("step_ends").list.len().cast(pl.Int32)).drop("step_ends")
             )
         grades.append(_tagged(c["grades"], **tags))
+    # The replay table's parts, one list per stage that replays strategies (tree search
+    # appends its rows here, with the same columns).
     replay = [_tagged(p, dataset=d, model=m) for (d, m), p in
               ((tuple(k.split("/")), v) for k, v in manifest["replay"].items())]
     replay += [_tagged(p, dataset=k.split("/")[0], model=k.split("/")[1])
                for k, p in manifest.get("replay_prm", {}).items()]
+    search_table, search_parts = search.tables(manifest.get("search", []))
+    replay += search_parts
     scores = [
         _tagged(f, ["problem_id", "sample_idx", "scores", "prm_tokens", "prm_params"],
                 dataset=s["dataset"], model=s["model"], key=s["key"], prm=s["prm"])
@@ -133,6 +255,7 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         "grades": pl.concat(grades),
         "replay": _replay_table(replay),
         **({"scores": pl.concat(scores)} if scores else {}),
+        **({"search": search_table} if search_table is not None else {}),
     }
 
 
@@ -144,84 +267,74 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        con = duckdb.connect(str(tmp))
+        # Readable by DuckDB 1.1 and later too (the CLI a researcher has may be older
+        # than the Python package that wrote the file).
+        con = duckdb.connect(str(tmp), config={"storage_compatibility_version": STORAGE_VERSION})
         for name, df in tables.items():
             con.register("_df", df.to_arrow())
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM _df")
             con.unregister("_df")
-        con.execute(ACCURACY_VS_FLOPS)
+        create_views(con, has_models="models" in tables)
         con.close()
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def plot_accuracy_vs_flops(curve: pl.DataFrame, out: str | Path, *, flops: str = "flops_paper") -> None:
-    """Accuracy against FLOPs per problem (log x): a row per dataset; the first panel
-    holds the strategies without a PRM, then one panel per PRM with best-of-N and
-    weighted voting for each step aggregation (majority voting repeated, dashed, as the
-    reference)."""
-    import matplotlib
+def create_views(con, *, has_models: bool = True) -> None:
+    """accuracy_vs_flops, pareto and compute_optimal over the replay (and models) tables."""
+    con.execute(ACCURACY_VS_FLOPS)
+    con.execute(PARETO)
+    con.execute(COMPUTE_OPTIMAL.format(models="models" if has_models else _NO_MODELS))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    datasets = curve["dataset"].unique(maintain_order=True).to_list()
-    prms = curve.filter(pl.col("prm").is_not_null())["prm"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(len(datasets), 1 + len(prms), figsize=(6 * (1 + len(prms)), 4.5 * len(datasets)),
-                             squeeze=False)
+def read_views(db: str | Path) -> dict[str, pl.DataFrame]:
+    """The three views and the models table as polars frames."""
+    import duckdb
 
-    def draw(ax, g, label, **style):
-        g = g.sort("n")
-        if g.height == 1:
-            style = {"marker": "*", "markersize": 12, "linestyle": "none", **style}
-        ax.errorbar(g[flops], g["accuracy"], yerr=g["accuracy_se"], capsize=2, label=label,
-                    **{"marker": "o", "markersize": 4, **style})
+    with duckdb.connect(str(db), read_only=True) as con:
+        return {
+            name: pl.from_arrow(con.sql(f"SELECT * FROM {name}").to_arrow_table())
+            for name in ("accuracy_vs_flops", "pareto", "compute_optimal", "models")
+        }
 
-    for row, dataset in zip(axes, datasets):
-        sub = curve.filter(pl.col("dataset") == dataset)
-        plain = sub.filter(pl.col("prm").is_null())
-        for (model, strategy), g in plain.group_by(["model", "strategy"], maintain_order=True):
-            draw(row[0], g, f"{model} / {strategy}")
-        row[0].set_title(f"{dataset}: sampling")
-        for ax, prm in zip(row[1:], prms):
-            for (model, strategy, agg), g in sub.filter(pl.col("prm") == prm).group_by(
-                ["model", "strategy", "aggregation"], maintain_order=True
-            ):
-                draw(ax, g, f"{model} / {strategy} ({agg})",
-                     linestyle="-" if strategy == "best_of_n" else ":")
-            for model, g in plain.filter(pl.col("strategy") == "majority").group_by("model", maintain_order=True):
-                draw(ax, g, f"{model[0]} / majority", linestyle="--", color="black", alpha=0.6)
-            ax.set_title(f"{dataset}: PRM {prm}")
-        for ax in row:
-            ax.set_xscale("log")
-            ax.set_xlabel("FLOPs per problem (" + flops.removeprefix("flops_") + " convention)")
-            ax.set_ylabel("accuracy")
-            ax.set_ylim(0, 1)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    io._atomic(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+
+def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, tables: list[str],
+                  plot_size: str | None = None) -> None:
+    """Figures, HTML tables and the Markdown summary, all from the database's views."""
+    from pipeline import figures, report
+
+    views = read_views(db)
+    curve = views["accuracy_vs_flops"]
+    figures.accuracy_vs_flops(curve, views["pareto"], plot)
+    figures.accuracy_vs_n(curve, plot_n)
+    fits = None
+    if plot_size:
+        fits = figures.compute_optimal_size(views["compute_optimal"], views["models"], plot_size)
+    report.write_tables(views, tables)
+    report.write_summary(views, summary, fits=fits, models=views["models"])
+    with pl.Config(tbl_rows=200, tbl_cols=16, tbl_width_chars=200):
+        print(curve)
+        print(views["compute_optimal"].filter(pl.col("convention") == "paper"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="aggregate all results into DuckDB and plot")
+    ap = argparse.ArgumentParser(description="aggregate all results into DuckDB; figures, tables, summary")
     ap.add_argument("--manifest", required=True, help="JSON naming every input file")
     ap.add_argument("--config", required=True, help="the workflow config, as JSON (provenance)")
     ap.add_argument("--db", required=True)
-    ap.add_argument("--plot", required=True)
+    ap.add_argument("--plot", required=True, help="accuracy and error rate vs FLOPs (PNG)")
+    ap.add_argument("--plot-n", required=True, help="accuracy vs n (PNG)")
+    ap.add_argument("--plot-size", help="compute-optimal model size vs budget (PNG; 2+ models)")
+    ap.add_argument("--summary", required=True, help="Markdown summary")
+    ap.add_argument("--tables", nargs="+", required=True,
+                    help="HTML tables of the views, each named <view>.html")
     a = ap.parse_args(argv)
     tables = build_tables(json.loads(a.manifest))
     tables["provenance"] = provenance(a.config)
     write_duckdb(tables, a.db)
-    import duckdb
-
-    with duckdb.connect(a.db, read_only=True) as con:
-        curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops").to_arrow_table())
-    plot_accuracy_vs_flops(curve, a.plot)
-    with pl.Config(tbl_rows=200, tbl_cols=12):
-        print(curve)
+    write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,
+                  tables=a.tables)
 
 
 if __name__ == "__main__":

@@ -106,10 +106,14 @@ def load_problems(name: str, cfg: dict) -> pl.DataFrame:
 
 
 def count_problems(name: str, cfg: dict) -> int:
-    """Number of rows `load_problems(name, cfg)` returns, without parsing anything.
+    """Number of rows `load_problems(name, cfg)` returns, validating local files.
 
-    Cheap enough for workflow-parse time (Snakemake needs it to plan problem chunks):
-    arith is `limit`; files count their non-blank lines; the Hub is never contacted.
+    Runs at workflow-parse time (Snakemake needs it to plan problem chunks), so a bad
+    dataset file (malformed JSON, a missing field, duplicate ids, no problems) fails a
+    dry run already, naming the file and line, before any job or engine starts. A
+    local file is parsed in full (GSM8K: ~40 ms) and the count is remembered per file
+    version; arith is `limit`; the Hub is never contacted (its rows are checked by the
+    `problems` job, which runs before any generation of that dataset).
     """
     source = _source(name, cfg)
     limit = _limit(name, cfg)
@@ -123,9 +127,14 @@ def count_problems(name: str, cfg: dict) -> int:
             raise ValueError(f"dataset {name}: set limit (or path) for hub datasets")
         # Trust the limit: every hub dataset we name is far larger than a sane limit.
         return limit
-    with path.open("rb") as fh:
-        n = sum(1 for line in fh if line.strip())
-    return n if limit is None else min(n, limit)
+    st = path.stat()
+    memo = (name, json.dumps(cfg, sort_keys=True, default=str), str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if memo not in _COUNTS:
+        _COUNTS[memo] = load_problems(name, cfg).height
+    return _COUNTS[memo]
+
+
+_COUNTS: dict[tuple, int] = {}
 
 
 def arith_problems(*, split: str, seed: int, levels: Sequence[int], count: int) -> pl.DataFrame:
@@ -193,6 +202,8 @@ def _path(name: str, cfg: dict, *, required: bool) -> Path | None:
             raise ValueError(f"dataset {name}: `path` is required for source {cfg['source']!r}")
         return None
     path = Path(raw)
+    if path.is_dir():
+        raise ValueError(f"dataset {name}: `path` {path} is a directory, not a JSONL file")
     if not path.is_file():
         raise FileNotFoundError(f"dataset {name}: file not found: {path}")
     return path
@@ -208,10 +219,14 @@ def _read_jsonl(path: Path, name: str, limit: int | None) -> Iterator[Record]:
     prefix's result independent of the rest of the file.
     """
     index = 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
             if limit is not None and index >= limit:
                 return
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from e
             if not line.strip():
                 continue
             try:
@@ -271,6 +286,8 @@ def _build(records: Iterable[Record], file: str, parse: RowParser) -> pl.DataFra
         rows["question"].append(question)
         rows["answer"].append(answer)
         rows["metadata"].append(json.dumps({**meta, "line": lineno}, ensure_ascii=False))
+    if not seen:
+        raise ValueError(f"{file}: no problems (the file is empty or has only blank lines)")
     df = pl.DataFrame(rows, schema=schemas.PROBLEMS)
     return schemas.conform(df, schemas.PROBLEMS, f"problems from {file}")
 

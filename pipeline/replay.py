@@ -33,6 +33,7 @@ import polars as pl
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline import schemas
+from pipeline.progress import progress
 
 # --------------------------------------------------------------------------- estimators
 
@@ -290,7 +291,7 @@ def replay(
 
     structure = _class_structure(g)
     rows: list[tuple] = []
-    for pid in order:
+    for pid in progress(order, desc="replay", total=len(order), unit="problem"):
         sizes, correct, unanswered, total_correct = structure[pid]
         out_t, prm_t = mean_tok[pid]
         for n in ns:
@@ -806,7 +807,7 @@ def replay_prm(
     ).reshape(num_a, num_p, num_j).transpose(1, 0, 2)
     wm = np.zeros((num_p, num_a, num_j))
     wm_se = np.zeros((num_p, num_a, num_j))
-    for p, pid in enumerate(order):
+    for p, pid in enumerate(progress(order, desc="weighted voting", total=len(order), unit="problem")):
         w = weights[:, p, :]
         ok = ok_all[p]
         raw = cls_all[p]

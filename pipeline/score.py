@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
 import polars as pl
 
-from pipeline import io
+from pipeline import io, models
 
 SCORES = {
     "problem_id": pl.String,
@@ -52,8 +53,71 @@ def open_prm(spec: dict, *, policy_dir: str, head_dir: str | None):
     return prm.load(fmt, spec.get("model"), **options)
 
 
-def score_samples(scorer, name: str, samples: pl.DataFrame, problems: pl.DataFrame, *, batch_size: int = 8) -> pl.DataFrame:
+TAGGED_FORMATS = ("math-shepherd", "qwen-prm", "llemma-prm")
+POLICY_FORMATS = ("value-head", "logprob")  # read the policy model itself
+
+
+def check_config(config: dict) -> None:
+    """What the schema cannot say about `prms:`, checked at workflow-parse time so a
+    wrong entry fails before any engine starts, naming the key."""
+    for name, spec in config.get("prms", {}).items():
+        fmt, where = spec["format"], f"prms.{name}"
+        if fmt == "value-head" and "train" not in spec:
+            raise ValueError(f"{where}: format 'value-head' needs `train` (the samples the workflow fits the head on)")
+        if fmt != "value-head" and "train" in spec:
+            raise ValueError(f"{where}.train: only value-head PRMs are fitted by the workflow, not format {fmt!r}")
+        if fmt in POLICY_FORMATS and "model" in spec:
+            raise ValueError(
+                f"{where}.model: format {fmt!r} reads each policy model itself; remove `model` "
+                f"(an external PRM needs one of {TAGGED_FORMATS})"
+            )
+        model = spec.get("model")
+        if model is not None and (Path(model).expanduser().exists() or models._looks_local(model)):
+            d = Path(model).expanduser()
+            if not d.is_dir() or not (d / "config.json").is_file():
+                raise FileNotFoundError(f"{where}.model: {model} is not a Hugging Face model directory (no config.json)")
+
+
+def check_samples(samples: pl.DataFrame, problems: pl.DataFrame, where: str) -> None:
+    """The samples are SAMPLES rows of the problems they are scored against."""
+    missing = [c for c in ("problem_id", "sample_idx", "text", "step_ends") if c not in samples.columns]
+    if missing:
+        raise ValueError(f"{where}: not a samples shard (no column(s) {missing})")
+    dup = samples.filter(pl.struct("problem_id", "sample_idx").is_duplicated())
+    if dup.height:
+        pid, idx = dup["problem_id"][0], dup["sample_idx"][0]
+        raise ValueError(f"{where}: problem {pid!r} sample {idx} appears more than once")
+    unknown = samples.filter(~pl.col("problem_id").is_in(problems["problem_id"].implode()))
+    if unknown.height:
+        raise ValueError(
+            f"{where}: problem {unknown['problem_id'][0]!r} is not in the problems file "
+            f"({unknown.height} samples): samples and problems are from different datasets"
+        )
+
+
+def check_scores(scores: list, step_ends: list, keys: pl.DataFrame, name: str, where: str) -> None:
+    """One finite score per step for every sample: a PRM that returns another number of
+    scores does not match the samples' step format; NaN/inf is an error, never a zero."""
+    if len(scores) != len(step_ends):
+        raise ValueError(f"PRM {name} on {where}: {len(scores)} score rows for {len(step_ends)} samples")
+    for i, (row, ends) in enumerate(zip(scores, step_ends)):
+        pid, idx = keys.row(i)
+        if len(row) != len(ends):
+            raise ValueError(
+                f"PRM {name} on {where}: problem {pid!r} sample {idx} has {len(ends)} steps but "
+                f"{len(row)} scores (the PRM's step format does not match the samples)"
+            )
+        for k, v in enumerate(row):
+            if not math.isfinite(v):
+                raise ValueError(f"PRM {name} on {where}: problem {pid!r} sample {idx} step {k}: score {v} is not finite")
+
+
+def score_samples(
+    scorer, name: str, samples: pl.DataFrame, problems: pl.DataFrame, *, batch_size: int = 8,
+    where: str = "samples",
+) -> pl.DataFrame:
     """SCORES rows for `samples` (SAMPLES rows) with one forward pass per sample."""
+    check_samples(samples, problems, where)
     questions = dict(zip(problems["problem_id"], problems["question"]))
     has_steps = samples["step_ends"].list.len() > 0
     todo = samples.filter(has_steps)
@@ -63,6 +127,7 @@ def score_samples(scorer, name: str, samples: pl.DataFrame, problems: pl.DataFra
         [list(e) for e in todo["step_ends"]],
         batch_size=batch_size,
     )
+    check_scores(scores, todo["step_ends"].to_list(), todo.select("problem_id", "sample_idx"), name, where)
     scored = todo.select("problem_id", "sample_idx").with_columns(
         scores=pl.Series(scores, dtype=pl.List(pl.Float64)), prm_tokens=pl.Series(tokens, dtype=pl.Int32)
     )
@@ -121,18 +186,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--problems", required=True)
     ap.add_argument("--head", help="value head directory (value-head format)")
     ap.add_argument("--grades")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, help="default: the spec's batch_size, else 8")
     ap.add_argument("--out", required=True)
     ap.add_argument("shards", nargs="+")
     a = ap.parse_args(argv)
     spec = json.loads(a.spec)
-    policy_dir = json.loads(Path(a.info).read_text())["model_dir"]
+    policy_dir = models.model_dir_of(a.info)
     if a.what == "train":
         train(spec=spec, policy_dir=policy_dir, problems=a.problems, shards=a.shards, grades=a.grades, out=a.out)
         return
     scorer = open_prm(spec, policy_dir=policy_dir, head_dir=a.head)
     samples = pl.concat([pl.read_parquet(f) for f in a.shards])
-    out = score_samples(scorer, a.name, samples, pl.read_parquet(a.problems), batch_size=a.batch_size)
+    out = score_samples(scorer, a.name, samples, pl.read_parquet(a.problems), batch_size=a.batch_size or spec.get("batch_size", 8),
+                        where=", ".join(a.shards))
     io.write_parquet(out, a.out)
     print(f"{out.height} samples scored by {a.name} ({out['prm_tokens'].sum()} tokens) -> {a.out}")
 

@@ -6,8 +6,15 @@ from snakemake.utils import validate
 validate(config, schema="../config/config.schema.yaml", set_default=True)
 
 from pipeline import models, plan
+from pipeline import score as score_checks
+
+# What the schema cannot check, before any job: model paths, PRM entries (dataset
+# files are parsed and checked by plan.caches, through datasets.count_problems).
+models.check_sources(config["models"])
+score_checks.check_config(config)
 
 CACHES = plan.caches(config)
+SEARCHES = plan.searches(config)
 EMBEDDED_MODELS = [m for m, c in config["models"].items() if models.is_embedded(c["path"])]
 PRMS = config.get("prms", {})
 
@@ -20,6 +27,9 @@ wildcard_constraints:
     embedded="|".join(map(re.escape, EMBEDDED_MODELS)) or "(?!)",
     prm="|".join(map(re.escape, PRMS)) or "(?!)",
     trained="|".join(map(re.escape, plan.trained_prms(config))) or "(?!)",
+    search="|".join(map(re.escape, config.get("search", {}))) or "(?!)",
+    budget=r"\d+",
+    block=r"p\d{5}-\d{5}",
 
 
 def get_cache(wildcards):
@@ -117,7 +127,37 @@ def get_manifest():
             if c.kind == "sampled"
             for p in PRMS
         ],
+        "search": search_manifest(),
     }
+
+
+def get_search(wildcards):
+    found = [s for s in SEARCHES if (s.dataset, s.model, s.prm, s.name, s.key) == (
+        wildcards.dataset, wildcards.model, wildcards.prm, wildcards.search, wildcards.key)]
+    if len(found) != 1:
+        raise ValueError(f"no search {wildcards.search} with key {wildcards.key} in this config")
+    return found[0]
+
+
+def get_search_spec(wildcards):
+    spec = get_search(wildcards).spec()
+    return json.dumps({**spec, "prm": {k: v for k, v in spec["prm"].items() if k != "batch_size"}})
+
+
+def get_search_head(wildcards):
+    # ancient: a head retrained from the same training spec (same search key) must not
+    # rerun paid-for searches; a changed spec changes the key instead.
+    head = get_value_head(wildcards)
+    return ancient(head) if head else []
+
+
+def search_manifest():
+    return [
+        {"dataset": s.dataset, "model": s.model, "prm": s.prm, "search": s.name, "key": s.key,
+         "algorithm": s.job["algorithm"], "budget": b, "files": s.paths(b)}
+        for s in SEARCHES
+        for b in s.budgets
+    ]
 
 
 def get_manifest_files():
@@ -127,6 +167,8 @@ def get_manifest_files():
     for c in m["caches"]:
         files += c["shards"] + [c["grades"]]
     for s in m["scores"]:
+        files += s["files"]
+    for s in m["search"]:
         files += s["files"]
     return files
 
@@ -139,8 +181,33 @@ def get_config_json(wildcards):
     return json.dumps(config, sort_keys=True)
 
 
+def get_size_figure():
+    """The compute-optimal model size figure, an aggregate output once 2+ models are set."""
+    if len(config["models"]) < 2:
+        return {}
+    return {
+        "plot_size": report(
+            "results/plots/compute_optimal_size.png",
+            caption="../report/compute_optimal_size.rst",
+            category="Figures",
+            labels={"figure": "compute-optimal model size vs budget"},
+        )
+    }
+
+
+def get_size_figure_arg(wildcards, output):
+    return f"--plot-size {output.plot_size}" if "plot_size" in output.keys() else ""
+
+
 def get_prm_spec(wildcards):
-    return json.dumps(PRMS[wildcards.get("prm") or wildcards.get("trained")])
+    # batch_size is left out (it travels as a resource): params are a rerun trigger,
+    # and a batch size that fits another GPU must not rescore paid-for samples.
+    spec = PRMS[wildcards.get("prm") or wildcards.get("trained")]
+    return json.dumps({k: v for k, v in spec.items() if k != "batch_size"})
+
+
+def get_prm_batch_size(wildcards):
+    return PRMS[wildcards.get("prm") or wildcards.get("trained")].get("batch_size", 32)
 
 
 def get_training_inputs(wildcards):

@@ -8,7 +8,9 @@ rule generate:
         problems=ancient("results/problems/{dataset}.parquet"),
         info=ancient("results/models/{model}/info.json"),
     output:
-        "results/samples/{dataset}/{model}/{key}/{shard}.parquet",
+        # protected: Snakemake makes a finished shard read-only and refuses to delete or
+        # overwrite it (README, "Seeing what would rerun").
+        protected("results/samples/{dataset}/{model}/{key}/{shard}.parquet"),
     params:
         spec=get_generate_spec,
     threads: workflow.cores

@@ -30,13 +30,14 @@ rule score:
         info=ancient("results/models/{model}/info.json"),
         head=get_value_head,
     output:
-        "results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet",
+        protected("results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet"),
     params:
         spec=get_prm_spec,
         head=get_head_arg,
     threads: workflow.cores
     resources:
         gpu=1,
+        prm_batch_size=get_prm_batch_size,
         mem_mb=8000,
         runtime=120,
     log:
@@ -45,5 +46,6 @@ rule score:
         "results/benchmarks/score/{dataset}/{model}/{key}/{prm}/{shard}.tsv"
     shell:
         "python -m pipeline.score score --name {wildcards.prm} --spec {params.spec:q} "
+        "--batch-size {resources.prm_batch_size} "
         "--info {input.info} --problems {input.problems} {params.head} --out {output} "
         "{input.shard} > {log} 2>&1"

