@@ -136,11 +136,12 @@ def caches(config: dict) -> list[Cache]:
     return out
 
 
-def find(all_caches: list[Cache], **match: str) -> Cache:
-    """The one cache matching the given fields (e.g. dataset=..., model=..., kind=...)."""
-    found = [c for c in all_caches if all(getattr(c, k) == v for k, v in match.items())]
+def find(entries: list, **match: str):
+    """The one plan entry (a Cache or a Search) matching the given fields (e.g.
+    dataset=..., model=..., kind=...)."""
+    found = [c for c in entries if all(getattr(c, k) == v for k, v in match.items())]
     if len(found) != 1:
-        raise KeyError(f"{len(found)} caches match {match}")
+        raise KeyError(f"{len(found)} plan entries match {match}")
     return found[0]
 
 

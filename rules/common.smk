@@ -132,11 +132,8 @@ def get_manifest():
 
 
 def get_search(wildcards):
-    found = [s for s in SEARCHES if (s.dataset, s.model, s.prm, s.name, s.key) == (
-        wildcards.dataset, wildcards.model, wildcards.prm, wildcards.search, wildcards.key)]
-    if len(found) != 1:
-        raise ValueError(f"no search {wildcards.search} with key {wildcards.key} in this config")
-    return found[0]
+    return plan.find(SEARCHES, dataset=wildcards.dataset, model=wildcards.model, prm=wildcards.prm,
+                     name=wildcards.search, key=wildcards.key)
 
 
 def get_search_spec(wildcards):

@@ -61,6 +61,11 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
     return proc
 
 
+def dry_run(workdir: Path, config: dict) -> subprocess.CompletedProcess:
+    """`snakemake -n` of `config` in `workdir`, unchecked: tests read its exit code and output."""
+    return snakemake(workdir, config, "-n", check=False)
+
+
 def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) for every job in a dry run's log."""
     jobs = []

@@ -12,14 +12,13 @@ from __future__ import annotations
 import copy
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
+from conftest import dry_run
 from pipeline import datasets, io, models, score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,17 +305,6 @@ def test_samples_that_do_not_match_the_problems(samples, words):
 # ------------------------------------------------- wired in: fails a dry run, no job runs
 
 
-def _dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "1"],
-        capture_output=True, text=True, env=env,
-    )
-
-
 def _bad_dataset(c, tmp_path):
     path = _jsonl(tmp_path, ['{"question": "q", "answer": "1"}', '{"question": "q2", "answer": '], "bad.jsonl")
     c["datasets"] = {"mine": {"source": "jsonl", "path": str(path)}}
@@ -334,7 +322,7 @@ def _bad_dataset(c, tmp_path):
 def test_checks_run_before_any_job(tmp_path, mutate, words):
     config = copy.deepcopy(DEFAULT)
     mutate(config, tmp_path)
-    proc = _dry_run(tmp_path, config)
+    proc = dry_run(tmp_path, config)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-2000:]
     for w in words:

@@ -1,27 +1,12 @@
 """The config schema rejects wrong, unknown and missing keys by name, before any job."""
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, dry_run
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-
-
-def dry_run(tmp_path, config):
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "1"],
-        capture_output=True, text=True, env=env,
-    )
 
 
 def test_default_config_dry_runs(tmp_path):
