@@ -431,3 +431,29 @@ def test_auc():
     assert prm_pkg.auc([0.2, 0.2, 0.9], [False, True, True]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="both classes"):
         prm_pkg.auc([0.1, 0.2], [1, 1])
+
+
+def test_metamath_sample_through_grading_steps_and_llemma_prm(tmp_path):
+    """A sample as the paper's policies write it, through every stage that reads it."""
+    import polars as pl
+
+    from pipeline import grading, score
+
+    question = "What is 3 / 4 ?"
+    text = "Step 1: We have 3 / 4 . ки\nStep 2: So x = 3 / 4 . ки\nThe answer is: \\frac{3}{4} ки"
+    assert grading.extract_answer(text) == "\\frac{3}{4}"
+    problems = pl.DataFrame({"problem_id": ["p"], "question": [question], "answer": ["0.75"], "metadata": ["{}"]})
+    samples = pl.DataFrame({"problem_id": ["p"], "sample_idx": pl.Series([0], dtype=pl.Int32), "text": [text],
+                            "step_ends": [split_step_ends(text)]})
+    graded = grading.grade(samples, problems)
+    assert graded["answer"].to_list() == ["3/4"] and graded["correct"].to_list() == [True]
+    ends = split_step_ends(text)
+    assert [text[:e].rsplit("\n", 1)[-1] for e in ends] == text.split("\n")  # one step per line, tag included
+
+    prm = prm_pkg.load("llemma-prm", make_llemma_dir(tmp_path / "rm"), device="cpu")
+    item = prm.encode(0, question, text, ends)
+    assert item.input_ids.count(prm.tag_id) == 3  # the policy's three tags, none added
+    assert [item.input_ids[p] for p in item.positions] == [prm.tag_id] * 3
+    scored = score.score_samples(prm, "rm", samples, problems, batch_size=1)
+    assert len(scored["scores"][0]) == 3 and all(0 < s < 1 for s in scored["scores"][0])
+    assert scored["prm_tokens"][0] == len(prm.tokenizer(question + text)["input_ids"])
