@@ -149,6 +149,8 @@ def find(entries: list, **match: str):
 # --------------------------------------------------------------------------- tree search
 
 SEARCH_SETTINGS = {"rebase": ("temperature",), "beam": ("children",), "mcts": ("exploration", "root_children")}
+
+
 @dataclass(frozen=True)
 class Search:
     """One tree-search entry for one (dataset, model, PRM): a job per budget x problem block."""
