@@ -51,6 +51,7 @@ _A_LINE = re.compile(r"^[ \t]*A:[ \t]*([^\n]*)", re.MULTILINE)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _FRACTION = re.compile(r"([+-]?\d+)/(\d+)")
+_REPEATING = re.compile(r"([+-]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
 _NUM_PREFIX = r"[+-]?(?:\d+\.?\d*|\.\d+)"
 # The step tag of MetaMath-style policies ("The answer is: 3 ки"), possibly repeated.
 _STEP_TAG = re.compile(r"(?:\s*ки)+\s*$")
@@ -231,6 +232,12 @@ def _as_number(s: str) -> Fraction | None:
     m = _FRACTION.fullmatch(s)
     if m and int(m.group(2)) != 0:
         return Fraction(int(m.group(1)), int(m.group(2)))
+    m = _REPEATING.fullmatch(s)
+    if m:  # 0.1\overline{6} = 1/6: an exact value too
+        sign, whole, fixed, cycle = m.groups()
+        value = int(whole or 0) + Fraction(int(fixed or 0), 10 ** len(fixed))
+        value += Fraction(int(cycle), 10 ** len(fixed) * (10 ** len(cycle) - 1))
+        return -value if sign == "-" else value
     return None
 
 

@@ -203,6 +203,8 @@ MATH_FORMS = {
         ("0.35", "\\dfrac{17}{50}", False), ("-0.96", "-\\frac{24}{25}", True), ("0.96", "-\\frac{24}{25}", False),
         ("\\frac{653}{2}", "326.5", True), ("3.2100", "3.21", True), ("3.2", "3.21", False),
         ("\\frac{6}{8}", "\\frac{3}{4}", True), ("9/19", "\\frac9{19}", True), ("5/9", "\\frac 59", True),
+        ("0.\\overline{3}", "\\frac13", True), ("0.1\\overline{6}", "\\frac{1}{6}", True),
+        ("0.3333333333", "0.\\overline{3}", False),
     ],
     "mixed numbers": [
         ("\\frac{9}{5}", "1\\frac{4}{5}", True), ("1.8", "1\\frac{4}{5}", True), ("\\frac{4}{5}", "1\\frac{4}{5}", False),
