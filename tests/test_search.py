@@ -582,3 +582,36 @@ def test_vllm_generator_per_request_stops():
     assert [(s.text, s.end) for s in steps] == [("Step 1: a ки\n", "step"), ("x", "stop"),
                                                  ("The answer is: 1 ки", "eos")]
     assert llm.params[0].stop == ["Step 2", "\n\n"]  # no newline stop with raw steps
+
+
+@pytest.mark.integration
+def test_paper_step_rules_on_real_vllm(baseline):
+    """The step stop string on a real engine (the embedded model the baseline run built):
+    vLLM stops each request at its own "Step {depth+2}" and drops it, the next step writes
+    it again, and the chunks join into the solution."""
+    from pipeline import generate
+
+    model_dir = baseline / "results" / "models" / "smollm2-135m" / "hf"
+    llm = generate.make_engine(str(model_dir), seed=0, engine_args=search.engine_args({"enforce_eager": True}))
+    few = ("Question: Tom has 3 apples and buys 5 more. How many apples does he have?\n"
+           "Step 1: Tom starts with 3 apples.\nStep 2: He buys 5 more, so 3 + 5 = 8.\nThe answer is 8.\n\n"
+           "Question: Sam has 7 cards and gets 6 more. How many cards does he have?\n")
+    gen = search.VLLMGenerator(llm, temperature=0.0, top_p=1.0, stop=["\n\nQuestion:"])  # greedy: deterministic
+    returned = []
+
+    def expand(contexts, counts, max_tokens, stops=None):
+        out = search.VLLMGenerator.expand(gen, contexts, counts, max_tokens, stops)
+        returned.extend((st, step) for st, steps in zip(stops, out) for step in steps)
+        return out
+
+    gen.expand = expand
+    limits = Limits(max_depth=4, max_step_tokens=32, max_tokens=96, step_stop="Step {depth+2}", dead_ends="drop")
+    s = Searcher(gen, StepPRM(), ["q"], [few], stop=["\n\nQuestion:"], limits=limits)
+    [tree] = search.rebase(s, 1)  # width 1: greedy decoding allows one sample per request
+    assert all(step.end in ("step", "stop", "eos", "length") for _, step in returned)
+    assert all(st[0] not in step.text for st, step in returned)  # the stop string is never in a step
+    first = [step for st, step in returned if st[0] == "Step 2"]
+    assert first and all(step.end == "step" and step.text.startswith("Step 1") for step in first)
+    leaf = tree.leaves[0]
+    assert leaf.answered and leaf.steps[1].startswith("Step 2") and leaf.text == "".join(leaf.steps)
+    assert leaf.step_ends()[0] == len(leaf.steps[0].rstrip())
