@@ -196,7 +196,8 @@ def searches(config: dict) -> list[Search]:
         # of Snakemake's) only when they differ from their defaults: an entry that leaves
         # them alone keeps the key and spec it had before they existed, so searches
         # already paid for are found, never recomputed.
-        limits.update({k: entry[k] for k, default in search_mod.DEFAULT_RULES.items() if entry.get(k, default) != default})
+        rules = search_mod.DEFAULT_RULES
+        limits.update({k: entry[k] for k, default in rules.items() if entry.get(k, default) != default})
         try:
             search_mod.Limits(**limits)
         except ValueError as exc:
