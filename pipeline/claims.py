@@ -248,7 +248,7 @@ def evaluate(cand: pl.DataFrame, *, folds: pl.DataFrame, strategies: pl.DataFram
         out += _weighted(dataset, rows, pts)
         out += _rebase(dataset, rows, pts, strategies)
         out += _small_model(dataset, rows, pts, f, models)
-    return pl.DataFrame(out, schema=SCHEMA)
+    return pl.DataFrame(out, schema=SCHEMA).fill_nan(None)  # NULL, not NaN, where undefined
 
 
 def power(cand: pl.DataFrame) -> pl.DataFrame:
@@ -275,4 +275,4 @@ def power(cand: pl.DataFrame) -> pl.DataFrame:
             out.append({"dataset": dataset, "model": model, "comparison": f"{a} - {b}",
                         "num_problems": int(d.size), "sd_diff": sd, "z_alpha": stats.Z95,
                         "z_power": stats.Z80, "mde": stats.mde(sd, d.size)})
-    return pl.DataFrame(out, schema=POWER_SCHEMA)
+    return pl.DataFrame(out, schema=POWER_SCHEMA).fill_nan(None)

@@ -50,6 +50,7 @@ import polars as pl
 
 Z95 = 1.959963984540054  # Phi^-1(0.975): two-sided 95%
 Z80 = 0.8416212335729143  # Phi^-1(0.80): 80% power
+DECIMALS = 12  # per-problem differences are rounded to this many decimals (`contrast`)
 
 
 # --------------------------------------------------------------------------- normal tail
@@ -112,7 +113,10 @@ def contrast(d, mc_var=None, *, accuracy_a: float = math.nan, accuracy_b: float 
     """Mean of per-problem differences `d` (any contrast of points on the same problems),
     whose Monte Carlo variances are `mc_var`: SE by `mean_se`, 95% interval, two-sided p
     (with a zero SE: 1 for a zero difference, 0 otherwise)."""
-    d = np.asarray(d, dtype=float)
+    # Rounded to 12 decimals (as the SQL does): two exact replays of the same quantity
+    # computed in different ways (majority@1 and best_of_n@1 are both the fraction of
+    # correct samples) differ in the last bits, which must not read as a difference.
+    d = np.round(np.asarray(d, dtype=float), DECIMALS)
     v = np.zeros_like(d) if mc_var is None else np.asarray(mc_var, dtype=float)
     if d.size == 0:
         return Paired(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)

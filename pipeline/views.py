@@ -24,6 +24,9 @@ Macros:
     mean_se(x, v)
                aggregate: SE of avg(x) when each x has Monte Carlo variance v:
                sqrt(var_samp(x) / n + sum(v) / n^2).
+    paired_diff(a, b)
+               a - b rounded to 12 decimals (exact replays of one quantity computed two
+               ways differ in the last bits; that is no difference).
     normal_cdf(x), p_two_sided(z), p_value(diff, se)
                the standard normal CDF by `erfc_approx`, Numerical Recipes' erfcc
                (Chebyshev fit; fractional error below 1.2e-7 everywhere, so p-values keep
@@ -83,7 +86,7 @@ Views:
 
 from __future__ import annotations
 
-from pipeline.stats import Z95
+from pipeline.stats import DECIMALS, Z95
 
 # Strategies that need the reference answer to choose (upper bounds, not runnable):
 # listed in accuracy_vs_flops.oracle, left out of the Pareto front and compute_optimal.
@@ -142,6 +145,9 @@ MACROS = [
     # Var(mean) = var_samp(x) / n + sum(Monte Carlo variances) / n^2: see pipeline.stats.
     """CREATE MACRO mean_se(x, v) AS sqrt(coalesce(var_samp(x), 0) / nullif(count(x), 0)
         + sum(v) / nullif(count(x) * count(x), 0))""",
+    # A per-problem difference of two points, rounded (pipeline.stats.DECIMALS) so that
+    # the same quantity computed two ways does not differ in its last bits.
+    f"CREATE MACRO paired_diff(a, b) AS round(a - b, {DECIMALS})",
     """CREATE MACRO point_label(model, prm, strategy, aggregation, n) AS model || '/' || strategy
         || coalesce('[' || prm || coalesce(',' || aggregation, '') || ']', '') || '@' || n::VARCHAR""",
 ]
@@ -225,8 +231,8 @@ WITH pts AS (
     SELECT *, lag(point) OVER (PARTITION BY dataset, convention ORDER BY flops) AS previous
     FROM kept
 ), step AS (
-    SELECT s.dataset, s.convention, s.point, avg(x.accuracy - y.accuracy) AS gain,
-           mean_se(x.accuracy - y.accuracy,
+    SELECT s.dataset, s.convention, s.point, avg(paired_diff(x.accuracy, y.accuracy)) AS gain,
+           mean_se(paired_diff(x.accuracy, y.accuracy),
                    x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS gain_se
     FROM stepped s
     JOIN point_problems x ON x.dataset = s.dataset AND x.point = s.point
@@ -294,8 +300,8 @@ ORDER BY b.dataset, b.convention, b.budget
 _PAIRED_BODY = f"""
 SELECT x.dataset, x.point AS point_a, y.point AS point_b, count(*) AS num_problems,
        avg(x.accuracy) AS accuracy_a, avg(y.accuracy) AS accuracy_b,
-       avg(x.accuracy - y.accuracy) AS diff,
-       mean_se(x.accuracy - y.accuracy,
+       avg(paired_diff(x.accuracy, y.accuracy)) AS diff,
+       mean_se(paired_diff(x.accuracy, y.accuracy),
                x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS diff_se
 FROM point_problems x
 JOIN point_problems y ON y.dataset = x.dataset AND y.problem_id = x.problem_id

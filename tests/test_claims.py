@@ -114,6 +114,7 @@ def test_claims_the_run_cannot_test_say_why():
     replay, models = table(np.random.default_rng(3), q=30, two_models=False, prm=False, rebase=False)
     result, _ = evaluate(replay, models.filter(pl.col("model") == "s"))
     assert by(result, "weighted_vs_majority")["verdict"] == "not testable"
+    assert by(result, "weighted_vs_majority")["diff"] is None  # NULL in the database, not NaN
     assert "no REBASE" in by(result, "rebase_vs_sampling")["note"]
     sm = by(result, "small_model_optimal")
     assert sm["verdict"] == "not testable" and "1 model size" in sm["note"]
