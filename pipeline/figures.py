@@ -36,7 +36,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.stats import Z95, SizeFit, fit_loglog  # noqa: F401  (fit_loglog: the figures' fit)
-from pipeline.views import FAMILIES
+from pipeline.views import COST_CONVENTIONS, FAMILIES
 
 LINE_KEYS = ["model", "prm", "strategy", "aggregation"]
 PAPER_FIT = (1.19, 2.03)  # log10 C = 1.19 log10 N + 2.03 (Wu et al., Section 4)
@@ -77,24 +77,39 @@ def _families(points: pl.DataFrame) -> list[str]:
     return [f for f in FAMILIES if f in present] + sorted(f for f in present if f not in FAMILIES)
 
 
-def _styles(points: pl.DataFrame) -> dict[tuple, dict]:
-    """One colour per (prm, strategy, aggregation), in family order, the same in every
-    panel; one line style and marker per model."""
+def _palette(k: int) -> list:
+    """k distinct colours without greys (grey is the held-out reference line)."""
     import matplotlib
 
+    if k <= 9:
+        cmap = matplotlib.colormaps["tab10"]
+        return [cmap(i) for i in range(10) if i != 7][:k]
+    cmap = matplotlib.colormaps["tab20"]
+    base = [cmap(i) for i in range(20) if i not in (14, 15)]
+    return [base[i % len(base)] for i in range(k)]
+
+
+def _styles(points: pl.DataFrame) -> dict[tuple, dict]:
+    """One colour per (prm, strategy, aggregation), in family order, the same in every
+    panel and figure. With several models: one line style and marker per model; with
+    one, a marker per strategy of its family (so lines that overlap stay apart)."""
     order = {f: i for i, f in enumerate(_families(points))}
     kinds = (points.select("family", "strategy", "prm", "aggregation").unique()
              .with_columns(rank=pl.col("family").replace_strict(order, return_dtype=pl.Int32))
              .sort("rank", "strategy", "prm", "aggregation", nulls_last=False)
-             .select("prm", "strategy", "aggregation").rows())
-    cmap = matplotlib.colormaps["tab10" if len(kinds) <= 10 else "tab20"]
-    colour = {k: cmap(i % cmap.N) for i, k in enumerate(kinds)}
+             .select("family", "prm", "strategy", "aggregation").rows())
+    colour = {k[1:]: c for k, c in zip(kinds, _palette(len(kinds)))}
+    in_family: dict[str, list] = {}
+    for family, *kind in kinds:
+        in_family.setdefault(family, []).append(tuple(kind))
+    marker_of = {k: _MARKERS[ks.index(k) % len(_MARKERS)] for ks in in_family.values() for k in ks}
     models = points["model"].unique(maintain_order=True).to_list()
     out = {}
     for model, prm, strategy, agg in points.select(LINE_KEYS).unique(maintain_order=True).rows():
         i = models.index(model)
-        style = {"color": colour[(prm, strategy, agg)], "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
-                 "marker": _MARKERS[i % len(_MARKERS)]}
+        kind = (prm, strategy, agg)
+        style = {"color": colour[kind], "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+                 "marker": _MARKERS[i % len(_MARKERS)] if len(models) > 1 else marker_of[kind]}
         if strategy == "coverage":
             style["alpha"] = 0.55  # an oracle bound, not a strategy
         out[(model, prm, strategy, agg)] = style
@@ -166,18 +181,38 @@ def _front_steps(front: pl.DataFrame, x_max: float, y: str):
     return x, np.append(v, v[-1])
 
 
+def _held_out_curve(held_out: pl.DataFrame | None, dataset: str, convention: str, x_max: float):
+    """The held-out accuracy of the best choice within a budget, as a function of the
+    budget: the `held_out` view at every candidate's cost (the choice changes only
+    there), as x, y, se of a staircase held up to x_max (None without rows)."""
+    if held_out is None or held_out.is_empty():
+        return None
+    h = (held_out.filter((pl.col("dataset") == dataset) & (pl.col("convention") == convention)
+                         & pl.col("at_point").is_not_null())
+         .group_by("budget").agg(pl.col("accuracy").first(), pl.col("accuracy_se").first()).sort("budget"))
+    if h.is_empty():
+        return None
+    x = np.append(h["budget"].to_numpy(), max(x_max, h["budget"].max()))
+    y = np.append(h["accuracy"].to_numpy(), h["accuracy"][-1]).astype(float)
+    se = np.append(h["accuracy_se"].to_numpy(), h["accuracy_se"][-1]).astype(float)
+    return x, y, np.nan_to_num(se)
+
+
 def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.DataFrame | None,
                       out: str | Path, *, convention: str = "paper") -> None:
-    """Per dataset a 2 x 2 block: a panel per strategy family and the Pareto front panel
-    (the `pareto` view's rows of this convention: held-out accuracy solid with 95% bars,
-    in-sample thin and dashed)."""
+    """Per dataset a 2 x 2 block: a panel per strategy family and the Pareto front panel:
+    the held-out accuracy of the best choice within each budget (`held_out` view; solid,
+    95% band), the front's points at their held-out accuracy (`pareto` view; coloured,
+    95% bars, a star where a point beats the previous one) and the in-sample front
+    (thin, dashed)."""
     pts = _headline(points)
     if pts.is_empty():
         return _empty(out, "no replay results")
     plt = _plt()
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    cost = f"flops_{convention}" if f"flops_{convention}" in pts.columns else convention
+    cost = dict(COST_CONVENTIONS)[convention]
     datasets = pts["dataset"].unique(maintain_order=True).to_list()
     families = _families(pts)
     styles = _styles(pts)
@@ -193,57 +228,59 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
         f = front.filter((pl.col("dataset") == dataset) & (pl.col("convention") == convention)).sort("flops")
         held = f.filter(pl.col("held_out_accuracy").is_not_null()) if "held_out_accuracy" in f.columns else f.clear()
         x_max = float(sub[cost].max())
+        curve = _held_out_curve(held_out, dataset, convention, x_max)
         lims = [sub["accuracy"] - Z95 * sub["accuracy_se"], sub["accuracy"] + Z95 * sub["accuracy_se"]]
         empty = set()
         for i, (ax, family) in enumerate(zip(block, families)):
-            fam = sub.filter(pl.col("family") == family)
             if not _has(ax, sub, family):
                 empty.add(i)
                 continue
-            if held.height:
-                hx, hy = _front_steps(held, x_max, "held_out_accuracy")
-                ax.step(hx, hy, where="post", color=FRONT_GREY, linewidth=1.0, alpha=0.6, zorder=1,
-                        label="held-out Pareto front (all families)")
-            for key, g in _lines(fam):
+            if curve is not None:
+                ax.step(curve[0], curve[1], where="post", color=FRONT_GREY, linewidth=1.0, alpha=0.7, zorder=1,
+                        label="held-out best within budget (all families)")
+            for key, g in _lines(sub.filter(pl.col("family") == family)):
                 _draw(ax, g[cost], g["accuracy"], g["accuracy_se"],
                       _short_label(*key, models=models) + (" (oracle)" if key[2] == "coverage" else ""),
                       styles[key])
             ax.set_title(f"{dataset}: {family}", fontsize=10)
-            ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.85)
+            ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.85)
         ax = block[len(families)]
+        handles = []
+        if curve is not None:
+            x, y, se = curve
+            ax.step(x, y, where="post", color="black", linewidth=1.8, zorder=4)
+            ax.fill_between(x, y - Z95 * se, y + Z95 * se, step="post", color="black", alpha=0.12, linewidth=0)
+            lims += [y - Z95 * se, y + Z95 * se]
+            handles += [Line2D([], [], color="black", linewidth=1.8,
+                               label="held-out: best within budget, chosen on the other folds"),
+                        Patch(color="black", alpha=0.12, label="its 95% interval")]
         if f.height:
             sx, sy = _front_steps(f, x_max, "accuracy")
             ax.step(sx, sy, where="post", color="black", linewidth=0.9, linestyle="--", zorder=3)
             ax.scatter(sx[:-1], sy[:-1], s=22, facecolors="none", edgecolors="black", linewidths=0.8, zorder=3)
+            handles.append(Line2D([], [], color="black", linewidth=0.9, linestyle="--", marker="o", markersize=4,
+                                  markerfacecolor="none", label="in-sample front (max of noisy points)"))
+        for r in held.iter_rows(named=True):
+            key = (r["model"], r["prm"], r["strategy"], r["aggregation"])
+            style = styles.get(key, {"color": "black", "marker": "o"})
+            half = Z95 * (r["held_out_se"] or 0)
+            ax.errorbar([r["flops"]], [r["held_out_accuracy"]], yerr=[half], fmt=style["marker"],
+                        color=style["color"], markeredgecolor="black", markersize=7, capsize=2.5,
+                        elinewidth=1.0, zorder=5)
+            if r.get("beats_previous"):
+                ax.annotate("*", (r["flops"], r["held_out_accuracy"] + half), ha="center", va="bottom",
+                            fontsize=13, fontweight="bold")
         if held.height:
-            hx, hy = _front_steps(held, x_max, "held_out_accuracy")
-            ax.step(hx, hy, where="post", color="black", linewidth=2.0, zorder=4)
-            for r in held.iter_rows(named=True):
-                key = (r["model"], r["prm"], r["strategy"], r["aggregation"])
-                colour = styles.get(key, {"color": "black"})["color"]
-                marker = styles.get(key, {"marker": "o"})["marker"]
-                ax.errorbar([r["flops"]], [r["held_out_accuracy"]], yerr=[Z95 * (r["held_out_se"] or 0)],
-                            fmt=marker, color=colour, markeredgecolor="black", markersize=6, capsize=2.5,
-                            elinewidth=1.0, zorder=5)
-                if r.get("beats_previous"):
-                    ax.annotate("*", (r["flops"], r["held_out_accuracy"] + Z95 * (r["held_out_se"] or 0)),
-                                ha="center", va="bottom", fontsize=13, fontweight="bold")
-            lims += [held["held_out_accuracy"] - Z95 * held["held_out_se"],
-                     held["held_out_accuracy"] + Z95 * held["held_out_se"]]
-        handles = [Line2D([], [], color="black", linewidth=2.0, marker="o", markersize=5,
-                          label="held-out (cross-fitted choice at the point's cost, 95% CI)"),
-                   Line2D([], [], color="black", linewidth=0.9, linestyle="--", marker="o", markersize=4,
-                          markerfacecolor="none", label="in-sample front (max of noisy points)"),
-                   Line2D([], [], color="none", marker="$*$", markersize=9, markerfacecolor="black",
-                          markeredgecolor="black", label="beats the previous front point (paired 95%)")]
-        front_keys = {(r["model"], r["prm"], r["strategy"], r["aggregation"]) for r in f.iter_rows(named=True)}
-        for key in sorted(front_keys, key=str):
-            if key in styles:
-                handles.append(Line2D([], [], color=styles[key]["color"], marker=styles[key]["marker"],
-                                      linestyle="none", markeredgecolor="black",
-                                      label=_short_label(*key, models=models)))
-        # the front rises to the right: its empty corner is the lower right
-        ax.legend(handles=handles, fontsize=7, loc="lower right", frameon=True, framealpha=0.85)
+            handles.append(Line2D([], [], color="none", marker="$*$", markersize=9, markerfacecolor="black",
+                                  markeredgecolor="black", label="beats the previous front point (paired 95%)"))
+            for key in dict.fromkeys((r["model"], r["prm"], r["strategy"], r["aggregation"])
+                                     for r in held.iter_rows(named=True)):
+                if key in styles:
+                    handles.append(Line2D([], [], color=styles[key]["color"], marker=styles[key]["marker"],
+                                          linestyle="none", markeredgecolor="black",
+                                          label=f"front: {_short_label(*key, models=models)} (held-out, 95%)"))
+        if handles:
+            ax.legend(handles=handles, fontsize=7, loc="best", frameon=True, framealpha=0.85)
         ax.set_title(f"{dataset}: Pareto front, in-sample vs held-out", fontsize=10)
         ylim = _ylim([np.asarray(v, float) for v in lims])
         for ax in (a for i, a in enumerate(block[:per]) if i not in empty):
@@ -274,6 +311,7 @@ def accuracy_vs_n(points: pl.DataFrame, out: str | Path) -> None:
                              squeeze=False)
     for row, dataset in zip(axes, datasets):
         sub = pts.filter(pl.col("dataset") == dataset)
+        xlim = (sub["n"].min() / 1.3, sub["n"].max() * 1.3)  # the same n axis in every panel
         ylim = _ylim([(sub["accuracy"] - Z95 * sub["accuracy_se"]).to_numpy(),
                       (sub["accuracy"] + Z95 * sub["accuracy_se"]).to_numpy()])
         for ax, family in zip(row, families):
@@ -284,13 +322,14 @@ def accuracy_vs_n(points: pl.DataFrame, out: str | Path) -> None:
                       _short_label(*key, models=models) + (" (oracle)" if key[2] == "coverage" else ""),
                       styles[key])
             ax.set_xscale("log", base=2)
+            ax.set_xlim(*xlim)
             ax.set_xlabel("n (samples per problem, or search budget)", fontsize=8)
             ax.set_ylabel("accuracy", fontsize=8)
             ax.set_ylim(*ylim)
             ax.tick_params(labelsize=8)
             ax.grid(True, which="both", alpha=0.25)
             ax.set_title(f"{dataset}: {family}", fontsize=10)
-            ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.85)
+            ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.85)
     _save(fig, out)
 
 
