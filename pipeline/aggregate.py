@@ -22,6 +22,15 @@ Tables:
                aggregation are NULL for strategies that use no PRM (greedy, majority,
                coverage). Every strategy of every stage lands here (tree search too, with
                n = its budget), so the views below pick up new strategies by themselves.
+               Measured latency (pipeline/latency.py): seconds (wall-clock seconds per
+               problem the strategy costs on the measured device: n/N of the cache's
+               generation time, plus its scoring time for PRM strategies; a tree search's
+               job time per problem), load_s (seconds to load the models it needs, once,
+               not per problem) and device; NULL where an output was written unmeasured.
+    timings    one row per model-stage output (sample, score and search shards, value
+               heads): stage, dataset, model, kind, prm, search, key, budget, file,
+               problems, samples, prompt/output/prm tokens, load_s, work_s, device, engine
+               (pipeline/latency.py; NULL seconds: written before timing was recorded)
     search     dataset, model, prm, search (config entry), key, and the SEARCH columns of
                pipeline/search.py: per problem x selection rule x aggregation, the chosen
                answer, accuracy, complete leaves, policy / prompt / PRM tokens, depth,
@@ -36,7 +45,10 @@ Views:
                flops_paper and flops_full (means per problem, the two conventions of
                pipeline.flops), num_problems, and `oracle` (true for coverage / pass@n,
                which needs the reference answer to pick a sample and so is an upper
-               bound, not a strategy one can run).
+               bound, not a strategy one can run); seconds (mean wall-clock seconds per
+               problem; NULL unless every problem's row is measured), load_s (model load,
+               apart) and device (where it was measured; "mixed: a | b" when its numbers
+               come from several devices).
     pareto     the accuracy-FLOPs Pareto front per (dataset, convention): every non-oracle
                point of accuracy_vs_flops that no other point dominates (another point
                dominates it when it needs at most as many FLOPs and is at least as
@@ -71,7 +83,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io, search
+from pipeline import io, latency, search
 
 # Strategies that need the reference answer to choose (upper bounds, not runnable):
 # listed in accuracy_vs_flops.oracle, left out of the Pareto front and compute_optimal.
@@ -91,7 +103,12 @@ SELECT dataset, model, prm, strategy, aggregation, n,
        avg(flops_paper) AS flops_paper,
        avg(flops_full) AS flops_full,
        count(*) AS num_problems,
-       strategy IN ({", ".join(f"'{s}'" for s in ORACLE_STRATEGIES)}) AS oracle
+       strategy IN ({", ".join(f"'{s}'" for s in ORACLE_STRATEGIES)}) AS oracle,
+       CASE WHEN count(seconds) = count(*) THEN avg(seconds) END AS seconds,
+       avg(load_s) AS load_s,
+       CASE WHEN count(DISTINCT device) > 1
+            THEN '{latency.MIXED}' || string_agg(DISTINCT device, '{latency.SEPARATOR}' ORDER BY device)
+            ELSE any_value(device) END AS device
 FROM replay
 GROUP BY dataset, model, prm, strategy, aggregation, n
 ORDER BY dataset, model, prm NULLS FIRST, strategy, aggregation NULLS FIRST, n
@@ -204,13 +221,15 @@ def provenance(config_text: str) -> pl.DataFrame:
 REPLAY_COLUMNS = [
     "dataset", "model", "prm", "aggregation", "problem_id", "strategy", "n", "accuracy",
     "accuracy_se", "output_tokens", "prompt_tokens", "flops_paper", "flops_full",
+    "seconds", "load_s", "device",
 ]
 
 
 def _replay_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """Sampling and PRM replays in one table; PRM columns are NULL where no PRM is used."""
     df = pl.concat(parts, how="diagonal_relaxed")
-    for col, dtype in (("prm", pl.String), ("aggregation", pl.String), ("accuracy_se", pl.Float64)):
+    for col, dtype in (("prm", pl.String), ("aggregation", pl.String), ("accuracy_se", pl.Float64),
+                       ("seconds", pl.Float64), ("load_s", pl.Float64), ("device", pl.String)):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype).alias(col))
     return df.with_columns(pl.col("accuracy_se").fill_null(0.0)).select(REPLAY_COLUMNS)
@@ -239,6 +258,7 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
     replay += [_tagged(p, dataset=k.split("/")[0], model=k.split("/")[1])
                for k, p in manifest.get("replay_prm", {}).items()]
     search_table, search_parts = search.tables(manifest.get("search", []))
+    timings = latency.read_timings(manifest)
     replay += search_parts
     scores = [
         _tagged(f, ["problem_id", "sample_idx", "scores", "prm_tokens", "prm_params"],
@@ -253,7 +273,9 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         "caches": pl.DataFrame(caches),
         "samples": pl.concat(samples),
         "grades": pl.concat(grades),
-        "replay": _replay_table(replay),
+        "replay": latency.replay_seconds(_replay_table(replay), timings,
+                                         latency.search_problems(manifest.get("search", []))),
+        "timings": timings,
         **({"scores": pl.concat(scores)} if scores else {}),
         **({"search": search_table} if search_table is not None else {}),
     }
