@@ -22,7 +22,16 @@ Tables:
                exact), output_tokens, prompt_tokens, flops_paper, flops_full. prm and
                aggregation are NULL for strategies that use no PRM (greedy, majority,
                coverage). Every strategy of every stage lands here (tree search too, with
-               n = its budget), so the views pick up new strategies by themselves.
+               n = its budget), so the views below pick up new strategies by themselves.
+               Measured latency (pipeline/latency.py): seconds (wall-clock seconds per
+               problem the strategy costs on the measured device: n/N of the cache's
+               generation time, plus its scoring time for PRM strategies; a tree search's
+               job time per problem), load_s (seconds to load the models it needs, once,
+               not per problem) and device; NULL where an output was written unmeasured.
+    timings    one row per model-stage output (sample, score and search shards, value
+               heads): stage, dataset, model, kind, prm, search, key, budget, file,
+               problems, samples, prompt/output/prm tokens, load_s, work_s, device, engine
+               (pipeline/latency.py; NULL seconds: written before timing was recorded)
     search     dataset, model, prm, search (config entry), key, and the SEARCH columns of
                pipeline/search.py: per problem x selection rule x aggregation, the chosen
                answer, accuracy, complete leaves, policy / prompt / PRM tokens, depth,
@@ -72,7 +81,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import claims, io, search, stats, views
+from pipeline import claims, io, latency, search, stats, views
 from pipeline.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
 )
@@ -117,13 +126,15 @@ def provenance(config_text: str) -> pl.DataFrame:
 REPLAY_COLUMNS = [
     "dataset", "model", "prm", "aggregation", "problem_id", "strategy", "n", "accuracy",
     "accuracy_se", "output_tokens", "prompt_tokens", "flops_paper", "flops_full",
+    "seconds", "load_s", "device",
 ]
 
 
 def _replay_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """Sampling and PRM replays in one table; PRM columns are NULL where no PRM is used."""
     df = pl.concat(parts, how="diagonal_relaxed")
-    for col, dtype in (("prm", pl.String), ("aggregation", pl.String), ("accuracy_se", pl.Float64)):
+    for col, dtype in (("prm", pl.String), ("aggregation", pl.String), ("accuracy_se", pl.Float64),
+                       ("seconds", pl.Float64), ("load_s", pl.Float64), ("device", pl.String)):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype).alias(col))
     return df.with_columns(pl.col("accuracy_se").fill_null(0.0)).select(REPLAY_COLUMNS)
@@ -154,6 +165,7 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
                for k, p in manifest.get("replay_prm", {}).items()]
     n_prm = len(replay) - n_sampling
     search_table, search_parts = search.tables(manifest.get("search", []))
+    timings = latency.read_timings(manifest)
     replay += search_parts
     scores = [
         _tagged(f, ["problem_id", "sample_idx", "scores", "prm_tokens", "prm_params"],
@@ -174,7 +186,9 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         "caches": pl.DataFrame(caches),
         "samples": pl.concat(samples),
         "grades": pl.concat(grades),
-        "replay": _replay_table(replay),
+        "replay": latency.replay_seconds(_replay_table(replay), timings,
+                                         latency.search_problems(manifest.get("search", []))),
+        "timings": timings,
         "strategies": pl.concat(strategies, how="vertical_relaxed").unique("strategy", keep="first")
         .sort("strategy"),
         **({"scores": pl.concat(scores)} if scores else {}),

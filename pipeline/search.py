@@ -69,6 +69,8 @@ SEARCH, one row per problem x selection x aggregation:
     prm_params     int64
     flops_paper    float64  2 * policy params * output_tokens
     flops_full     float64  2 * policy params * (output + prompt tokens) + 2 * PRM params * prm_tokens
+The results file carries the job's timing record (`pipeline.timing`: engine and PRM
+load seconds, search seconds with the PRM calls, tokens, device) as Parquet metadata.
 LEAVES ({block}.leaves.parquet), one row per complete leaf, for inspection:
     problem_id, leaf (int32), text, scores (list[float64]), depth (int32), tokens (int32),
     end (why it is complete), answer, answer_class, correct
@@ -87,7 +89,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from pipeline import grading, io, prompts
+from pipeline import grading, io, prompts, timing
 
 ALGORITHMS = ("rebase", "beam", "mcts")
 SELECTIONS = ("majority", "best_of_n", "weighted_majority")
@@ -682,9 +684,11 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
     """Run one (search, budget, problem block) job and write its two Parquet files."""
     from pipeline import generate, score
 
-    prm = score.open_prm(spec["prm"], policy_dir=model_dir, head_dir=head_dir)
-    llm = generate.make_engine(model_dir, seed=generate.engine_seed(spec["key"], f"{budget}/{block}"),
-                               engine_args=engine_args(spec.get("engine_args")))
+    watch = timing.Stopwatch()
+    with watch.phase("load"):
+        prm = score.open_prm(spec["prm"], policy_dir=model_dir, head_dir=head_dir)
+        llm = generate.make_engine(model_dir, seed=generate.engine_seed(spec["key"], f"{budget}/{block}"),
+                                   engine_args=engine_args(spec.get("engine_args")))
     prompt = spec["prompt"]
     tokenizer = llm.get_tokenizer() if prompt.get("format") == "chat" else None
     questions = problems["question"].to_list()
@@ -695,12 +699,19 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
         stop=prompt.get("stop", []), limits=Limits(**spec["limits"]),
         batch_size=batch_size,
     )
-    trees = run(spec["algorithm"], searcher, budget, spec["settings"])
-    leaves = leaves_table(trees, problems)
-    res = results(trees, leaves, problems, algorithm=spec["algorithm"], budget=budget, params=params,
-                  prm_params=prm.num_parameters)
+    with watch.phase("work"):
+        trees = run(spec["algorithm"], searcher, budget, spec["settings"])
+        leaves = leaves_table(trees, problems)
+        res = results(trees, leaves, problems, algorithm=spec["algorithm"], budget=budget, params=params,
+                      prm_params=prm.num_parameters)
+    device = timing.job_device(timing.describe_device(gpus=timing.engine_gpus(spec.get("engine_args"))),
+                               timing.describe_device(getattr(prm, "device", "cpu")))
+    measured = timing.record(
+        watch, device=device, problems=len(trees), samples=leaves.height, prompt_tokens=sum(t.prompt_tokens for t in trees),
+        output_tokens=sum(t.output_tokens for t in trees), prm_tokens=sum(t.prm_tokens for t in trees),
+    )
     io.write_parquet(leaves, leaves_out)
-    io.write_parquet(res, out)
+    io.write_parquet(res, out, metadata=timing.as_metadata(measured))
     with pl.Config(tbl_rows=20):
         print(res.group_by("selection", "aggregation").agg(pl.col("accuracy").mean(), pl.col("output_tokens").mean())
               .sort("selection", "aggregation"))

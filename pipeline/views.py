@@ -86,6 +86,7 @@ Views:
 
 from __future__ import annotations
 
+from pipeline.latency import MIXED, SEPARATOR
 from pipeline.stats import DECIMALS, Z95
 
 # Strategies that need the reference answer to choose (upper bounds, not runnable):
@@ -163,7 +164,13 @@ SELECT dataset, model, prm, strategy, aggregation, n,
        avg(flops_paper) AS flops_paper,
        avg(flops_full) AS flops_full,
        count(*) AS num_problems,
-       strategy IN ({_ORACLES}) AS oracle
+       strategy IN ({_ORACLES}) AS oracle,
+       -- NULL unless every problem is measured (avg would silently skip NULLs)
+       CASE WHEN count(seconds) = count(*) THEN avg(seconds) END AS seconds,
+       avg(load_s) AS load_s,
+       CASE WHEN count(DISTINCT device) > 1
+            THEN '{MIXED}' || string_agg(DISTINCT device, '{SEPARATOR}' ORDER BY device)
+            ELSE any_value(device) END AS device
 FROM replay
 GROUP BY dataset, model, prm, strategy, aggregation, n
 ORDER BY dataset, model, prm NULLS FIRST, strategy, aggregation NULLS FIRST, n

@@ -136,6 +136,18 @@ def get_manifest():
             for p in PRMS
         ],
         "search": search_manifest(),
+        # Read only for their timing records (the `timings` table): the training
+        # samples of the value heads and the heads fitted on them.
+        "training": [
+            {"dataset": c.dataset, "model": c.model, "kind": c.kind, "key": c.key, "shards": shard_paths(c)}
+            for c in CACHES
+            if c.kind == "train"
+        ],
+        "value_heads": [
+            {"dataset": f"{p}-train", "model": m, "prm": p, "dir": f"results/prms/{m}/{p}"}
+            for m in config["models"]
+            for p in plan.trained_prms(config)
+        ],
     }
 
 
@@ -175,6 +187,9 @@ def get_manifest_files():
         files += s["files"]
     for s in m["search"]:
         files += s["files"]
+    for c in m["training"]:
+        files += c["shards"]
+    files += [h["dir"] for h in m["value_heads"]]
     return files
 
 
