@@ -84,7 +84,10 @@ Outputs of `allocate` (polars frames; the module writes nothing but the figure):
                costliest adaptive one.
     problems   per held-out problem: dataset, model, source (null for fixed), policy
                ("adaptive" | "fixed"), convention, budget, problem_id, fold, bin (1-based;
-               null for fixed), choice (point label), accuracy, cost.
+               null for fixed), choice (point label), accuracy, cost, and the chosen
+               point's cost in every convention's column (flops_paper, flops_full: for a
+               row of convention c, cost = its column of c), so that the rows can enter
+               the replay table's shape (as a strategy of their own, per convention).
     difficulty per problem: dataset, model, problem_id, fold, agreement, prm_mean, pass1,
                predicted (fitted on all problems), oracle (1 - pass1).
 
@@ -184,7 +187,10 @@ def point_grid(replay: pl.DataFrame, problems: Sequence[str], *,
     points = points.with_columns(label=pl.Series([point_label(s, p, a, n) for p, s, a, n in
                                                   points.select(keys).rows()], dtype=pl.String))
     rank = pl.DataFrame({"problem_id": list(problems), "_i": np.arange(len(problems))})
-    rows = df.join(points.select(*keys, "j"), on=keys, how="inner", nulls_equal=True).join(rank, on="problem_id")
+    def filled(frame: pl.DataFrame) -> pl.DataFrame:  # null keys match each other (any polars)
+        return frame.with_columns(pl.col("prm", "aggregation").fill_null("\0"))
+
+    rows = filled(df).join(filled(points.select(*keys, "j")), on=keys, how="inner").join(rank, on="problem_id")
     m, J = len(problems), points.height
     i, j = rows["_i"].to_numpy(), rows["j"].to_numpy()
 
@@ -541,18 +547,26 @@ def allocate(tables: Mapping[str, pl.DataFrame], *, folds: pl.DataFrame | None =
             pl.lit(dataset).alias("dataset"), pl.lit(model).alias("model"), pl.Series("fold", fold),
             pl.Series("predicted", predict(everyone)), pl.Series("oracle", oracle(everyone))))
         labels = grid.points["label"].to_list()
+        adapt_costs = {c: cost_matrix(grid, c, k=k, probe_prm=probe_prm) for c in conventions}
+        # per-problem rows carry the chosen point's cost in every convention's column
+        columns = {
+            "fixed": {col: grid.cost[c] for c, col in conventions.items()},
+            "oracle": {col: grid.cost[c] for c, col in conventions.items()},
+            "predicted": {col: adapt_costs[c] for c, col in conventions.items()},
+        }
+        tags = {"dataset": dataset, "model": model}
         for conv in conventions:
-            cost_fixed = grid.cost[conv]
-            cost_adapt = cost_matrix(grid, conv, k=k, probe_prm=probe_prm)
+            cost_fixed, cost_adapt = grid.cost[conv], adapt_costs[conv]
             lo = float(np.nanmin(cost_fixed.mean(axis=0)))
             hi = float(max(np.nanmax(cost_fixed.mean(axis=0)), np.nanmax(cost_adapt.mean(axis=0))))
             budgets = budget_grid(lo, hi, per_decade)
             fixed = cross_fit(grid.accuracy, cost_fixed, fold, budgets, difficulty=None)
             mix_acc, mix_cost, mix_ok = cross_fit_mixture(grid.accuracy, cost_fixed, fold, budgets)
             for t in np.flatnonzero(fixed.feasible):
-                per_problem.append(_problem_rows(dataset, model, None, "fixed", conv, budgets[t], problems,
-                                                 fold, None, fixed.choice[t], fixed.accuracy[t],
-                                                 fixed.cost[t], labels))
+                per_problem.append(_problem_rows(
+                    {**tags, "source": None, "policy": "fixed", "convention": conv, "budget": budgets[t]},
+                    problems, fold, None, fixed.choice[t], fixed.accuracy[t], fixed.cost[t],
+                    columns["fixed"], labels))
             for source in SOURCES:
                 acc_s, cost_s, diff = ((acc_adapt, cost_adapt, predict) if source == "predicted"
                                        else (grid.accuracy, cost_fixed, oracle))
@@ -560,69 +574,69 @@ def allocate(tables: Mapping[str, pl.DataFrame], *, folds: pl.DataFrame | None =
                 ok = np.flatnonzero(cf.feasible & fixed.feasible & mix_ok)
                 if ok.size == 0:
                     continue
-                sav, sav_lo, sav_hi = savings(cf.accuracy[ok], cf.cost[ok], fixed.accuracy[ok], fixed.cost[ok],
-                                              reps=bootstrap, seed=seed)
-                m = len(problems)
+                sav = savings(cf.accuracy[ok], cf.cost[ok], fixed.accuracy[ok], fixed.cost[ok],
+                              reps=bootstrap, seed=seed)
                 for i, t in enumerate(ok):
-                    d = paired_difference(cf.accuracy[t], fixed.accuracy[t])
-                    dm = paired_difference(cf.accuracy[t], mix_acc[t])
                     summary.append({
-                        "dataset": dataset, "model": model, "source": source, "oracle": source == "oracle",
-                        "convention": conv, "budget": float(budgets[t]),
-                        "log10_budget": float(np.log10(budgets[t])), "k": k,
+                        **tags, "source": source, "oracle": source == "oracle", "convention": conv,
+                        "budget": float(budgets[t]), "log10_budget": float(np.log10(budgets[t])), "k": k,
                         "num_bins": int(cf.in_sample.edges.size + 1), "folds": int(np.unique(fold).size),
-                        "num_problems": m, "accuracy": float(cf.accuracy[t].mean()),
-                        "accuracy_se": _se(cf.accuracy[t]),
-                        "cost": float(cf.cost[t].mean()),
-                        "in_sample_accuracy": float(cf.in_sample_accuracy[t]),
-                        "in_sample_cost": float(cf.in_sample_cost[t]),
-                        "choices": _choices_text(cf.in_sample.choices[t], labels),
-                        "fixed_choice": labels[fixed.in_sample.choices[t, 0]],
-                        "fixed_accuracy": float(fixed.accuracy[t].mean()),
-                        "fixed_accuracy_se": _se(fixed.accuracy[t]),
-                        "fixed_cost": float(fixed.cost[t].mean()),
-                        "fixed_in_sample_accuracy": float(fixed.in_sample_accuracy[t]),
-                        "diff": d["mean"], "diff_se": d["se"], "diff_lo": d["lo"], "diff_hi": d["hi"],
-                        "diff_p": d["p"],
-                        "mix_accuracy": float(mix_acc[t].mean()), "mix_accuracy_se": _se(mix_acc[t]),
-                        "mix_cost": float(mix_cost[t].mean()),
-                        "diff_mix": dm["mean"], "diff_mix_se": dm["se"], "diff_mix_lo": dm["lo"],
-                        "diff_mix_hi": dm["hi"], "diff_mix_p": dm["p"],
-                        "saving": float(sav[i]), "saving_lo": float(sav_lo[i]), "saving_hi": float(sav_hi[i]),
+                        "num_problems": len(problems),
+                        **_compare(cf, fixed, mix_acc, mix_cost, t, labels),
+                        "saving": float(sav[0][i]), "saving_lo": float(sav[1][i]), "saving_hi": float(sav[2][i]),
                     })
-                    per_problem.append(_problem_rows(dataset, model, source, "adaptive", conv, budgets[t],
-                                                     problems, fold, cf.bins[t] + 1, cf.choice[t],
-                                                     cf.accuracy[t], cf.cost[t], labels))
-    problem_schema = {"dataset": pl.String, "model": pl.String, "source": pl.String, "policy": pl.String,
-                      "convention": pl.String, "budget": pl.Float64, "problem_id": pl.String,
-                      "fold": pl.Int64, "bin": pl.Int64, "choice": pl.String, "accuracy": pl.Float64,
-                      "cost": pl.Float64}
+                    per_problem.append(_problem_rows(
+                        {**tags, "source": source, "policy": "adaptive", "convention": conv, "budget": budgets[t]},
+                        problems, fold, cf.bins[t] + 1, cf.choice[t], cf.accuracy[t], cf.cost[t],
+                        columns[source], labels))
     return Allocation(
-        pl.DataFrame(summary, schema_overrides={"saving": pl.Float64}, infer_schema_length=None)
-        if summary else pl.DataFrame(),
-        pl.concat(per_problem) if per_problem else pl.DataFrame(schema=problem_schema),
+        pl.DataFrame(summary, infer_schema_length=None) if summary else pl.DataFrame(),
+        pl.concat(per_problem) if per_problem else pl.DataFrame(),
         pl.concat(difficulty).select("dataset", "model", "problem_id", "fold", "agreement", "prm_mean",
                                      "pass1", "predicted", "oracle") if difficulty else pl.DataFrame(),
     )
 
 
-def _problem_rows(dataset, model, source, policy, conv, budget, problems, fold, bins, choice, acc, cost,
-                  labels) -> pl.DataFrame:
+def _compare(cf: CrossFit, fixed: CrossFit, mix_acc: np.ndarray, mix_cost: np.ndarray, t: int,
+             labels: Sequence[str]) -> dict:
+    """The summary columns of budget t: the adaptive policy, the fixed point and mixture."""
+    d = paired_difference(cf.accuracy[t], fixed.accuracy[t])
+    dm = paired_difference(cf.accuracy[t], mix_acc[t])
+    return {
+        "accuracy": float(cf.accuracy[t].mean()), "accuracy_se": _se(cf.accuracy[t]),
+        "cost": float(cf.cost[t].mean()),
+        "in_sample_accuracy": float(cf.in_sample_accuracy[t]), "in_sample_cost": float(cf.in_sample_cost[t]),
+        "choices": _choices_text(cf.in_sample.choices[t], labels),
+        "fixed_choice": labels[fixed.in_sample.choices[t, 0]],
+        "fixed_accuracy": float(fixed.accuracy[t].mean()), "fixed_accuracy_se": _se(fixed.accuracy[t]),
+        "fixed_cost": float(fixed.cost[t].mean()),
+        "fixed_in_sample_accuracy": float(fixed.in_sample_accuracy[t]),
+        "diff": d["mean"], "diff_se": d["se"], "diff_lo": d["lo"], "diff_hi": d["hi"], "diff_p": d["p"],
+        "mix_accuracy": float(mix_acc[t].mean()), "mix_accuracy_se": _se(mix_acc[t]),
+        "mix_cost": float(mix_cost[t].mean()),
+        "diff_mix": dm["mean"], "diff_mix_se": dm["se"], "diff_mix_lo": dm["lo"], "diff_mix_hi": dm["hi"],
+        "diff_mix_p": dm["p"],
+    }
+
+
+def _problem_rows(tags: dict, problems: Sequence[str], fold: np.ndarray, bins: np.ndarray | None,
+                  choice: np.ndarray, acc: np.ndarray, cost: np.ndarray,
+                  by_column: Mapping[str, np.ndarray], labels: Sequence[str]) -> pl.DataFrame:
+    idx = np.arange(len(problems))
     return pl.DataFrame({
-        "dataset": dataset, "model": model, "source": source, "policy": policy, "convention": conv,
-        "budget": float(budget), "problem_id": problems, "fold": fold,
+        **{k: [v] * len(problems) for k, v in tags.items()},
+        "problem_id": list(problems), "fold": fold,
         "bin": None if bins is None else np.asarray(bins, dtype=np.int64),
         "choice": [labels[j] for j in choice], "accuracy": acc, "cost": cost,
-    }, schema={"dataset": pl.String, "model": pl.String, "source": pl.String, "policy": pl.String,
-               "convention": pl.String, "budget": pl.Float64, "problem_id": pl.String, "fold": pl.Int64,
-               "bin": pl.Int64, "choice": pl.String, "accuracy": pl.Float64, "cost": pl.Float64})
+        **{col: mat[idx, choice] for col, mat in by_column.items()},
+    }, schema_overrides={"source": pl.String, "budget": pl.Float64, "fold": pl.Int64, "bin": pl.Int64})
 
 
 # --------------------------------------------------------------------------- report and figure
 
 
 def _x(v: float) -> str:
-    return f"{v:.2g}×" if math.isfinite(v) else "–"
+    return f"{v:.2f}×" if math.isfinite(v) else "–"
 
 
 def summary_lines(summary: pl.DataFrame, *, convention: str = "paper") -> list[str]:
@@ -650,8 +664,9 @@ def summary_lines(summary: pl.DataFrame, *, convention: str = "paper") -> list[s
         else:
             best = pred.sort("accuracy").row(-1, named=True)
             head += (f"the adaptive policy does not reach it within the budgets (its best held-out "
-                     f"accuracy {best['accuracy']:.3f} ± {best['accuracy_se']:.3f}; saving interval "
-                     f"{_x(top['saving_lo'])}–{_x(top['saving_hi'])}). ")
+                     f"accuracy {best['accuracy']:.3f} ± {best['accuracy_se']:.3f}"
+                     + (f"; 95% bootstrap interval of the saving {_x(top['saving_lo'])}–{_x(top['saving_hi'])}"
+                        if top["saving_hi"] > 0 else "") + "). ")
         for col, what in (("diff", "the best fixed point"), ("diff_mix", "the fixed mixture")):
             up = pred.filter(pl.col(f"{col}_lo") > 0).height
             down = pred.filter(pl.col(f"{col}_hi") < 0).height

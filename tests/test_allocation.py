@@ -452,6 +452,9 @@ def test_allocate_frames(tables, tmp_path):
         diff = ad.sort("problem_id")["accuracy"].to_numpy() - fx.sort("problem_id")["accuracy"].to_numpy()
         assert row["diff"] == pytest.approx(diff.mean())
         assert row["diff_lo"] <= row["diff"] <= row["diff_hi"]
+    for conv, col in allocation.CONVENTIONS.items():
+        rows = p.filter(pl.col("convention") == conv)
+        assert rows["cost"].to_list() == rows[col].to_list()
     # every predicted-policy point pays at least the probe: 4 samples' policy FLOPs
     per_sample = tables["replay"].filter((pl.col("strategy") == "majority") & (pl.col("n") == 1))["flops_paper"].mean()
     pred = s.filter((pl.col("source") == "predicted") & (pl.col("convention") == "paper"))
