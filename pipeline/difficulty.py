@@ -42,6 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from pipeline.replay import aggregate_steps
+
+
 @dataclass(frozen=True)
 class Samples:
     """The sampled cache of one dataset x model as problems x samples arrays: answer
@@ -58,8 +61,6 @@ def sample_arrays(grades: pl.DataFrame, scores: pl.DataFrame | None,
     """grades (problem_id, sample_idx, answer_class, correct) of one sampled cache, and
     scores (prm, problem_id, sample_idx, scores) aggregated for each (prm, aggregation)
     in `pairs`. Every problem needs the same samples 0..N-1; every sample its scores."""
-    from pipeline.replay import aggregate_steps
-
     g = grades.select("problem_id", pl.col("sample_idx").cast(pl.Int64), "answer_class", "correct")
     problems = g["problem_id"].unique(maintain_order=True).to_list()
     counts = g.group_by("problem_id").agg(pl.len(), pl.col("sample_idx").max().alias("top"),
@@ -75,6 +76,9 @@ def sample_arrays(grades: pl.DataFrame, scores: pl.DataFrame | None,
     cls = g["answer_class"].fill_null(-1).to_numpy().astype(np.int64).reshape(shape)
     ok = g["correct"].to_numpy().astype(bool).reshape(shape)
     weights = {}
+    if pairs and scores is None:
+        raise ValueError(f"allocation: PRM scores needed for {sorted(set(p for p, _ in pairs))}, but there is "
+                         "no scores table")
     for prm, agg in pairs:
         s = (scores.filter(pl.col("prm") == prm)
              .select("problem_id", pl.col("sample_idx").cast(pl.Int64), "scores")
