@@ -22,15 +22,21 @@ n, divided by n: replay costs are linear in n) plus its PRM scoring; the probe's
 scores are charged once (nothing in the paper convention) and a point using the probe's
 PRM does not pay for them again. Any other point (greedy decoding; tree search,
 "<search>_<rule>" with n = its budget) is a run of its own: probe + its replay cost. The
-oracle-difficulty policy pays no probe (it is a bound), the fixed policy neither.
+fixed policy pays no probe.
 
-Accuracy: the fixed and the oracle policies use replay's accuracies. The predicted
-policy scores sampling points *given the probe* (pipeline.difficulty.
-conditional_accuracy: the probe plus random fresh samples from the rest of the cache),
-since its bins are functions of the probe; greedy and tree-search runs are independent
-of the probe given the problem, so their replay accuracy stands. (`conditional=False`
-uses replay's unconditional accuracies instead: the naive replay, to measure the
-selection effect.)
+Accuracy: the fixed policy uses replay's accuracies. The adaptive policy scores sampling
+points *given the probe* (pipeline.difficulty.conditional_accuracy: the probe plus random
+fresh samples from the rest of the cache), since its bins are functions of the probe;
+greedy and tree-search runs are independent of the probe given the problem, so their
+replay accuracy stands. (`conditional=False` uses replay's unconditional accuracies
+instead: the naive replay, to measure the selection effect.)
+
+Difficulty sources: "predicted" bins by the probe's predicted difficulty; "oracle" bins
+by 1 - pass@1 over all N samples, which needs the reference answers, with the same
+points, costs and accuracies, so the two differ only in what the bins know. The oracle
+is a reference, not a guaranteed upper bound: it knows the problem's difficulty exactly
+but not how this probe's own samples came out, which the predicted bins see (and which
+decides what reusing them is worth).
 
 Choices (`fit_policy`): per bin, a point's training accuracy is shrunk towards its mean
 over all training problems (`shrink` pseudo-problems, default 1): with a handful of
@@ -57,16 +63,21 @@ policy is also compared with that *fixed mixture* (`hull_mixtures`, `cross_fit_m
 chosen on the training folds the same way): the gain over the mixture is the gain due to
 difficulty, the gain over the best point also counts the filled budget.
 
-FLOPs saving (`savings`). At budget B the fixed policy has held-out accuracy a_F(B) and
-mean cost c_F(B); the adaptive policy's cost to reach a_F(B) is the lowest held-out mean
-cost over the budgets B' whose held-out accuracy is >= a_F(B); saving = c_F(B) / that
-(> 1: the adaptive policy needs fewer FLOPs; NaN: it never reaches a_F(B)). The headline
-is the largest budget, where a_F is the best fixed strategy's accuracy. The 95% interval
-is the percentile interval of the same statistic over `bootstrap` resamples of the
-problems (per-problem held-out rows kept, choices not refitted; a resample where the
-target is never reached counts as saving 0). Reading the first budget that reaches the
-target is itself a selection on noisy held-out means, so the point estimate leans
-optimistic; the paired difference at equal budget is the test.
+FLOPs saving (`savings`, `fixed_targets`). The target at budget B is the best held-out
+accuracy of the fixed policy at any budget <= B, a_T(B), at its held-out mean cost
+c_T(B) (the first budget reaching it). (Not simply the fixed policy at B: chosen among
+many points on the training folds, the costliest budgets' fixed choice can do worse held
+out than a cheaper one, and a deflated target would flatter the adaptive policy; the
+best over budgets is a selection on held-out means in the fixed policy's favour.) The
+adaptive policy's cost to reach it is the lowest held-out mean cost over the budgets B'
+whose held-out accuracy is >= a_T(B); saving = c_T(B) / that (> 1: the adaptive policy
+needs fewer FLOPs; NaN: it never reaches a_T(B)). The headline is the largest budget:
+a_T is then the best fixed strategy's held-out accuracy. The 95% interval is the
+percentile interval of the same statistic over `bootstrap` resamples of the problems
+(per-problem held-out rows kept, choices not refitted; a resample where the target is
+never reached counts as saving 0). Reading the cheapest budget that reaches the target
+is a selection on noisy held-out means in the adaptive policy's favour; the paired
+difference at equal budget is the test.
 
 Outputs of `allocate` (polars frames; the module writes nothing but the figure):
     summary    one row per dataset x model x source ("predicted" | "oracle") x convention
@@ -78,7 +89,7 @@ Outputs of `allocate` (polars frames; the module writes nothing but the figure):
                diff, diff_se, diff_lo, diff_hi, diff_p (held-out adaptive - fixed),
                mix_accuracy, mix_accuracy_se, mix_cost, diff_mix, diff_mix_se,
                diff_mix_lo, diff_mix_hi, diff_mix_p (the same against the fixed mixture),
-               saving, saving_lo, saving_hi. A budget has a row when both policies can
+               target_accuracy, target_cost, saving, saving_lo, saving_hi. A budget has a row when both policies can
                meet it in every fold; budgets form a log grid, `per_decade` per decade
                (budget = 10^(j / per_decade)) from the cheapest fixed point to the
                costliest adaptive one.
@@ -409,12 +420,27 @@ def paired_difference(a: np.ndarray, b: np.ndarray, *, z: float = 1.959963984540
             "p": math.erfc(abs(mean / se) / math.sqrt(2))}
 
 
+def fixed_targets(acc_f: np.ndarray, cost_f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., budgets) -> the best fixed accuracy at any budget up to each one (the first
+    budget reaching it on ties) and its cost: the target the saving is measured at."""
+    best_a, best_c = acc_f[..., 0].copy(), cost_f[..., 0].copy()
+    out_a, out_c = [best_a], [best_c]
+    for t in range(1, acc_f.shape[-1]):
+        better = acc_f[..., t] > best_a + _TOL
+        best_a = np.where(better, acc_f[..., t], best_a)
+        best_c = np.where(better, cost_f[..., t], best_c)
+        out_a.append(best_a)
+        out_c.append(best_c)
+    return np.stack(out_a, axis=-1), np.stack(out_c, axis=-1)
+
+
 def _saving(acc_a, cost_a, acc_f, cost_f) -> np.ndarray:
-    """(..., budgets) curves -> (..., budgets) saving c_F / min{c_A : a_A >= a_F}; 0 where
-    the adaptive curve never reaches the fixed accuracy."""
-    reach = acc_a[..., None, :] >= acc_f[..., :, None] - _TOL  # (..., target, budget')
+    """(..., budgets) curves -> (..., budgets) saving c_T / min{c_A : a_A >= a_T} at the
+    fixed target (a_T, c_T) of each budget; 0 where the adaptive curve never reaches it."""
+    target_a, target_c = fixed_targets(acc_f, cost_f)
+    reach = acc_a[..., None, :] >= target_a[..., :, None] - _TOL  # (..., target, budget')
     need = np.where(reach, cost_a[..., None, :], np.inf).min(axis=-1)
-    return np.where(np.isfinite(need), cost_f / need, 0.0)
+    return np.where(np.isfinite(need), target_c / need, 0.0)
 
 
 def savings(acc_a: np.ndarray, cost_a: np.ndarray, acc_f: np.ndarray, cost_f: np.ndarray, *,
@@ -551,7 +577,7 @@ def allocate(tables: Mapping[str, pl.DataFrame], *, folds: pl.DataFrame | None =
         # per-problem rows carry the chosen point's cost in every convention's column
         columns = {
             "fixed": {col: grid.cost[c] for c, col in conventions.items()},
-            "oracle": {col: grid.cost[c] for c, col in conventions.items()},
+            "oracle": {col: adapt_costs[c] for c, col in conventions.items()},
             "predicted": {col: adapt_costs[c] for c, col in conventions.items()},
         }
         tags = {"dataset": dataset, "model": model}
@@ -568,14 +594,14 @@ def allocate(tables: Mapping[str, pl.DataFrame], *, folds: pl.DataFrame | None =
                     problems, fold, None, fixed.choice[t], fixed.accuracy[t], fixed.cost[t],
                     columns["fixed"], labels))
             for source in SOURCES:
-                acc_s, cost_s, diff = ((acc_adapt, cost_adapt, predict) if source == "predicted"
-                                       else (grid.accuracy, cost_fixed, oracle))
-                cf = cross_fit(acc_s, cost_s, fold, budgets, difficulty=diff, bins=bins, shrink=shrink)
+                diff = predict if source == "predicted" else oracle
+                cf = cross_fit(acc_adapt, cost_adapt, fold, budgets, difficulty=diff, bins=bins, shrink=shrink)
                 ok = np.flatnonzero(cf.feasible & fixed.feasible & mix_ok)
                 if ok.size == 0:
                     continue
                 sav = savings(cf.accuracy[ok], cf.cost[ok], fixed.accuracy[ok], fixed.cost[ok],
                               reps=bootstrap, seed=seed)
+                target = fixed_targets(fixed.accuracy[ok].mean(axis=1), fixed.cost[ok].mean(axis=1))
                 for i, t in enumerate(ok):
                     summary.append({
                         **tags, "source": source, "oracle": source == "oracle", "convention": conv,
@@ -583,6 +609,7 @@ def allocate(tables: Mapping[str, pl.DataFrame], *, folds: pl.DataFrame | None =
                         "num_bins": int(cf.in_sample.edges.size + 1), "folds": int(np.unique(fold).size),
                         "num_problems": len(problems),
                         **_compare(cf, fixed, mix_acc, mix_cost, t, labels),
+                        "target_accuracy": float(target[0][i]), "target_cost": float(target[1][i]),
                         "saving": float(sav[0][i]), "saving_lo": float(sav[1][i]), "saving_hi": float(sav[2][i]),
                     })
                     per_problem.append(_problem_rows(
@@ -641,8 +668,8 @@ def _x(v: float) -> str:
 
 def summary_lines(summary: pl.DataFrame, *, convention: str = "paper") -> list[str]:
     """One Markdown line per dataset x model: the FLOPs the adaptive policy saves at the
-    best fixed strategy's held-out accuracy (the largest budget's fixed choice), with its
-    bootstrap interval, the paired differences at equal budgets, and the oracle bound."""
+    best fixed strategy's held-out accuracy (the target of the largest budget), with its
+    bootstrap interval, the paired differences at equal budgets, and the oracle variant."""
     if summary.is_empty():
         return []
     lines = []
@@ -653,12 +680,15 @@ def summary_lines(summary: pl.DataFrame, *, convention: str = "paper") -> list[s
         if pred.is_empty():
             continue
         top = pred.row(-1, named=True)
+        # the fixed policy's row where its best held-out accuracy (the target) is reached
+        tgt = pred.filter(pl.col("fixed_accuracy") >= top["target_accuracy"] - _TOL).row(0, named=True)
         head = (f"**{dataset} / {model}** ({convention} FLOPs; held out over {top['folds']} folds; probe "
                 f"k = {top['k']}, {top['num_bins']} difficulty bins): the best fixed point "
-                f"({top['fixed_choice']}) has held-out accuracy {top['fixed_accuracy']:.3f} ± "
-                f"{top['fixed_accuracy_se']:.3f} at {top['fixed_cost']:.3g} FLOPs per problem; ")
+                f"({tgt['fixed_choice']}, chosen for a budget of {tgt['budget']:.3g}) has held-out accuracy "
+                f"{tgt['fixed_accuracy']:.3f} ± {tgt['fixed_accuracy_se']:.3f} at {tgt['fixed_cost']:.3g} "
+                f"FLOPs per problem; ")
         if math.isfinite(top["saving"]):
-            need = top["fixed_cost"] / top["saving"]
+            need = top["target_cost"] / top["saving"]
             head += (f"the adaptive policy reaches it with {need:.3g} FLOPs (saving {_x(top['saving'])}, "
                      f"95% bootstrap interval {_x(top['saving_lo'])}–{_x(top['saving_hi'])}). ")
         else:
@@ -675,7 +705,7 @@ def summary_lines(summary: pl.DataFrame, *, convention: str = "paper") -> list[s
         head = head.rstrip()
         if not orc.is_empty():
             o = orc.row(-1, named=True)
-            head += (f" With oracle difficulty (an upper bound): saving {_x(o['saving'])} "
+            head += (f" With oracle difficulty bins (pass@1 from the reference answers): saving {_x(o['saving'])} "
                      f"({_x(o['saving_lo'])}–{_x(o['saving_hi'])}).")
         lines.append(head)
     return lines
@@ -704,7 +734,7 @@ def plot(summary: pl.DataFrame, out: str | Path) -> None:
     styles = {"fixed": ("best fixed point", "#1f77b4", "-", "o"),
               "mix": ("fixed mixture (hull)", "#2ca02c", ":", "."),
               "predicted": ("adaptive (predicted difficulty)", "#d62728", "-", "s"),
-              "oracle": ("adaptive (oracle difficulty, bound)", "#7f7f7f", "--", "^")}
+              "oracle": ("adaptive (oracle difficulty)", "#7f7f7f", "--", "^")}
     for r, (dataset, model) in enumerate(keys):
         for c, conv in enumerate(convs):
             ax = axes[r, c]

@@ -12,7 +12,7 @@ Per problem (`probe_features`):
                  aggregation (a sample without steps scores 0, as in the PRM replay).
     pass1        the share of correct samples among all N: the target the prediction is
                  fitted to (training problems only) and the oracle difficulty (1 - pass1,
-                 which needs the reference answers, so only an upper bound).
+                 which needs the reference answers: a reference, not a deployable signal).
 Predicted difficulty (`fit_difficulty`): 1 - the least-squares fit of pass1 on
 (1, agreement[, prm_mean]) over the training problems; only its order matters.
 Bins (`bin_edges`, `assign_bins`): quantiles of the training problems' difficulties, at

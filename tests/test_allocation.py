@@ -294,6 +294,12 @@ def test_paired_difference_and_savings_by_hand():
     assert sav.tolist() == [2.0, 2.0, 2.0] and lo.tolist() == [2.0] * 3 and hi.tolist() == [2.0] * 3
     sav, lo, _ = allocation.savings(acc_f * 0, cost_f, acc_f, cost_f, reps=50)
     assert np.isnan(sav).all() and (lo == 0).all()
+    # a fixed choice that does worse at the top budget does not lower the target
+    acc_f = np.array([[0.2, 0.6, 0.4]] * 3).T
+    target_a, target_c = allocation.fixed_targets(acc_f.mean(axis=1), cost_f.mean(axis=1))
+    assert target_a.tolist() == pytest.approx([0.2, 0.6, 0.6]) and target_c.tolist() == [1.0, 2.0, 2.0]
+    sav, _, _ = allocation.savings(acc_f, cost_f / 2, acc_f, cost_f, reps=10)
+    assert sav.tolist() == pytest.approx([2.0, 2.0, 2.0])
 
 
 def test_default_folds_are_seeded_and_balanced():
@@ -306,13 +312,13 @@ def test_default_folds_are_seeded_and_balanced():
 
 def _easy_hard_case(rng, m=200):
     """Half the problems easy, half hard; three points of equal cost on every problem:
-    cheap (1): easy 0.9 / hard 0.1, mid (3): 0.9 / 0.3, search (5): 0.5 / 0.7.
+    cheap (1): easy 0.9 / hard 0.1, mid (4): 0.9 / 0.35, search (6): 0.5 / 0.75.
     Easy problems want the cheap point, hard ones the search; the feature is the true
     difficulty plus noise."""
     hard = np.arange(m) % 2 == 1
-    means = np.where(hard[:, None], [0.1, 0.3, 0.7], [0.9, 0.9, 0.5])
+    means = np.where(hard[:, None], [0.1, 0.35, 0.75], [0.9, 0.9, 0.5])
     acc = np.clip(means + rng.normal(0, 0.15, size=(m, 3)), 0, 1)
-    cost = np.broadcast_to([1.0, 3.0, 5.0], (m, 3)).copy()
+    cost = np.broadcast_to([1.0, 4.0, 6.0], (m, 3)).copy()
     feature = hard + rng.normal(0, 0.3, size=m)
     return acc, cost, feature
 
@@ -321,12 +327,12 @@ def test_adaptive_beats_every_fixed_point_when_difficulty_matters():
     rng = np.random.default_rng(7)
     acc, cost, feature = _easy_hard_case(rng)
     folds = np.arange(acc.shape[0]) % 4
-    budgets = np.array([3.0])
+    budgets = np.array([3.5])
     ad = allocation.cross_fit(acc, cost, folds, budgets, difficulty=lambda train: feature, bins=2)
     fx = allocation.cross_fit(acc, cost, folds, budgets, difficulty=None)
     held_cost = ad.cost[0].mean()
-    assert held_cost <= 3.0 * 1.05  # within the budget on held-out problems too
-    assert ad.accuracy[0].mean() > 0.7
+    assert held_cost <= 3.5 * 1.05  # within the budget on held-out problems too
+    assert ad.accuracy[0].mean() > 0.75
     for j in range(3):  # every fixed point, whatever it costs
         d = allocation.paired_difference(ad.accuracy[0], acc[:, j])
         assert d["lo"] > 0, j
@@ -335,12 +341,13 @@ def test_adaptive_beats_every_fixed_point_when_difficulty_matters():
     mix, _, _ = allocation.cross_fit_mixture(acc, cost, folds, budgets)
     assert allocation.paired_difference(ad.accuracy[0], mix[0])["lo"] > 0
     assert ad.in_sample.choices[0].tolist() == [0, 2]  # easy bin: cheap, hard bin: search
-    # the FLOPs saving at the best fixed point's accuracy is real
-    budgets = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    # the FLOPs saving at the best fixed point's accuracy (0.625 at 4 or 6) is real:
+    # cheap + mid reach it at 2.5, cheap + search beat it at 3.5
+    budgets = np.array([1.0, 2.5, 3.5, 4.0, 6.0])
     ad = allocation.cross_fit(acc, cost, folds, budgets, difficulty=lambda train: feature, bins=2)
     fx = allocation.cross_fit(acc, cost, folds, budgets, difficulty=None)
     sav, lo, _ = allocation.savings(ad.accuracy, ad.cost, fx.accuracy, fx.cost, reps=300)
-    assert sav[-1] > 1.4 and lo[-1] > 1.0
+    assert sav[-1] > 1.1 and lo[-1] > 1.0
 
 
 def test_no_gain_on_held_out_folds_when_difficulty_is_noise():
