@@ -712,14 +712,16 @@ def summary_lines(summary: pl.DataFrame, *, convention: str = "paper") -> list[s
 
 
 def plot(summary: pl.DataFrame, out: str | Path) -> None:
-    """Held-out accuracy against held-out mean FLOPs per problem: the adaptive policy,
-    the best fixed point, the fixed mixture and the oracle-difficulty policy, with
-    ±1 SE bands; a row of
-    panels per dataset x model, a column per convention. Writes one PNG atomically."""
+    """Held-out accuracy (±1 SE bands) against the budget (mean FLOPs per problem, the
+    constraint the choices meet on the training folds): the adaptive policy, the best
+    fixed point, the fixed mixture and the oracle-difficulty policy, so that vertical
+    gaps are the paired comparisons of the summary table. A row of panels per dataset x
+    model, a column per convention. Writes one PNG atomically."""
     from pipeline.figures import _plt
 
     plt = _plt()  # selects the Agg backend first
     import matplotlib.ticker
+
     if summary.is_empty():
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.axis("off")
@@ -729,10 +731,10 @@ def plot(summary: pl.DataFrame, out: str | Path) -> None:
         return
     keys = summary.select("dataset", "model").unique(maintain_order=True).rows()
     convs = summary["convention"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(len(keys), len(convs), figsize=(5.2 * len(convs), 3.8 * len(keys)),
+    fig, axes = plt.subplots(len(keys), len(convs), figsize=(5.2 * len(convs), 3.6 * len(keys) + 0.5),
                              squeeze=False)
     styles = {"fixed": ("best fixed point", "#1f77b4", "-", "o"),
-              "mix": ("fixed mixture (hull)", "#2ca02c", ":", "."),
+              "mix": ("fixed mixture (two points split at random)", "#2ca02c", ":", "."),
               "predicted": ("adaptive (predicted difficulty)", "#d62728", "-", "s"),
               "oracle": ("adaptive (oracle difficulty)", "#7f7f7f", "--", "^")}
     for r, (dataset, model) in enumerate(keys):
@@ -740,13 +742,13 @@ def plot(summary: pl.DataFrame, out: str | Path) -> None:
             ax = axes[r, c]
             g = summary.filter((pl.col("dataset") == dataset) & (pl.col("model") == model)
                                & (pl.col("convention") == conv))
-            # the fixed policies do not depend on the source; the oracle rows reach lower budgets
+            # the fixed policies do not depend on the source
             fixed = g.unique("budget", keep="first", maintain_order=True).sort("budget")
-            lines = {"fixed": (fixed["fixed_cost"], fixed["fixed_accuracy"], fixed["fixed_accuracy_se"]),
-                     "mix": (fixed["mix_cost"], fixed["mix_accuracy"], fixed["mix_accuracy_se"])}
+            lines = {"fixed": (fixed["budget"], fixed["fixed_accuracy"], fixed["fixed_accuracy_se"]),
+                     "mix": (fixed["budget"], fixed["mix_accuracy"], fixed["mix_accuracy_se"])}
             for source in SOURCES:
                 s = g.filter(pl.col("source") == source).sort("budget")
-                lines[source] = (s["cost"], s["accuracy"], s["accuracy_se"])
+                lines[source] = (s["budget"], s["accuracy"], s["accuracy_se"])
             for key, (x, y, e) in lines.items():
                 if len(x) == 0:
                     continue
@@ -757,12 +759,13 @@ def plot(summary: pl.DataFrame, out: str | Path) -> None:
                     ax.fill_between(x, y - e, y + e, color=colour, alpha=0.12, linewidth=0)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlabel(f"held-out mean FLOPs per problem ({conv})")
+            ax.set_xlabel(f"budget: mean FLOPs per problem ({conv})")
             ax.set_ylabel("held-out accuracy")
-            ax.set_title(f"{dataset} / {model}", fontsize=9)
+            ax.set_title(f"{dataset} / {model}, {conv} FLOPs", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.5 / (3.6 * len(keys) + 0.5), 1, 1))
     io._atomic(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
