@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import aggregate, allocation, difficulty, knapsack, replay
+from pipeline import aggregate, allocation, difficulty, knapsack, policies, replay
 
 # ------------------------------------------------------------------ the knapsack
 
@@ -282,7 +282,7 @@ def test_cost_matrix_counts_the_probe_once():
 
 
 def test_paired_difference_and_savings_by_hand():
-    d = allocation.paired_difference(np.array([1.0, 0.5, 0.0, 1.0]), np.array([0.0, 0.5, 0.0, 0.0]))
+    d = policies.paired_difference(np.array([1.0, 0.5, 0.0, 1.0]), np.array([0.0, 0.5, 0.0, 0.0]))
     se = np.std([1, 0, 0, 1], ddof=1) / 2
     assert d["mean"] == 0.5 and d["se"] == pytest.approx(se)
     assert d["lo"] == pytest.approx(0.5 - 1.959963984540054 * se)
@@ -290,15 +290,15 @@ def test_paired_difference_and_savings_by_hand():
     # the adaptive curve reaches each fixed accuracy at half the cost
     acc_f = np.array([[0.2, 0.4, 0.6]] * 3).T  # budgets x problems
     cost_f = np.array([[1.0, 2.0, 4.0]] * 3).T
-    sav, lo, hi = allocation.savings(acc_f, cost_f / 2, acc_f, cost_f, reps=200)
+    sav, lo, hi = policies.savings(acc_f, cost_f / 2, acc_f, cost_f, reps=200)
     assert sav.tolist() == [2.0, 2.0, 2.0] and lo.tolist() == [2.0] * 3 and hi.tolist() == [2.0] * 3
-    sav, lo, _ = allocation.savings(acc_f * 0, cost_f, acc_f, cost_f, reps=50)
+    sav, lo, _ = policies.savings(acc_f * 0, cost_f, acc_f, cost_f, reps=50)
     assert np.isnan(sav).all() and (lo == 0).all()
     # a fixed choice that does worse at the top budget does not lower the target
     acc_f = np.array([[0.2, 0.6, 0.4]] * 3).T
-    target_a, target_c = allocation.fixed_targets(acc_f.mean(axis=1), cost_f.mean(axis=1))
+    target_a, target_c = policies.fixed_targets(acc_f.mean(axis=1), cost_f.mean(axis=1))
     assert target_a.tolist() == pytest.approx([0.2, 0.6, 0.6]) and target_c.tolist() == [1.0, 2.0, 2.0]
-    sav, _, _ = allocation.savings(acc_f, cost_f / 2, acc_f, cost_f, reps=10)
+    sav, _, _ = policies.savings(acc_f, cost_f / 2, acc_f, cost_f, reps=10)
     assert sav.tolist() == pytest.approx([2.0, 2.0, 2.0])
 
 
@@ -328,25 +328,25 @@ def test_adaptive_beats_every_fixed_point_when_difficulty_matters():
     acc, cost, feature = _easy_hard_case(rng)
     folds = np.arange(acc.shape[0]) % 4
     budgets = np.array([3.5])
-    ad = allocation.cross_fit(acc, cost, folds, budgets, difficulty=lambda train: feature, bins=2)
-    fx = allocation.cross_fit(acc, cost, folds, budgets, difficulty=None)
+    ad = policies.cross_fit(acc, cost, folds, budgets, difficulty=lambda train: feature, bins=2)
+    fx = policies.cross_fit(acc, cost, folds, budgets, difficulty=None)
     held_cost = ad.cost[0].mean()
     assert held_cost <= 3.5 * 1.05  # within the budget on held-out problems too
     assert ad.accuracy[0].mean() > 0.75
     for j in range(3):  # every fixed point, whatever it costs
-        d = allocation.paired_difference(ad.accuracy[0], acc[:, j])
+        d = policies.paired_difference(ad.accuracy[0], acc[:, j])
         assert d["lo"] > 0, j
-    d = allocation.paired_difference(ad.accuracy[0], fx.accuracy[0])
+    d = policies.paired_difference(ad.accuracy[0], fx.accuracy[0])
     assert d["lo"] > 0
-    mix, _, _ = allocation.cross_fit_mixture(acc, cost, folds, budgets)
-    assert allocation.paired_difference(ad.accuracy[0], mix[0])["lo"] > 0
+    mix, _, _ = policies.cross_fit_mixture(acc, cost, folds, budgets)
+    assert policies.paired_difference(ad.accuracy[0], mix[0])["lo"] > 0
     assert ad.in_sample.choices[0].tolist() == [0, 2]  # easy bin: cheap, hard bin: search
     # the FLOPs saving at the best fixed point's accuracy (0.625 at 4 or 6) is real:
     # cheap + mid reach it at 2.5, cheap + search beat it at 3.5
     budgets = np.array([1.0, 2.5, 3.5, 4.0, 6.0])
-    ad = allocation.cross_fit(acc, cost, folds, budgets, difficulty=lambda train: feature, bins=2)
-    fx = allocation.cross_fit(acc, cost, folds, budgets, difficulty=None)
-    sav, lo, _ = allocation.savings(ad.accuracy, ad.cost, fx.accuracy, fx.cost, reps=300)
+    ad = policies.cross_fit(acc, cost, folds, budgets, difficulty=lambda train: feature, bins=2)
+    fx = policies.cross_fit(acc, cost, folds, budgets, difficulty=None)
+    sav, lo, _ = policies.savings(ad.accuracy, ad.cost, fx.accuracy, fx.cost, reps=300)
     assert sav[-1] > 1.1 and lo[-1] > 1.0
 
 
@@ -366,14 +366,14 @@ def test_no_gain_on_held_out_folds_when_difficulty_is_noise():
         feature = rng.random(m)
         folds = rng.permutation(m) % 4
         budgets = np.array([3.0, 4.0])
-        ad = allocation.cross_fit(acc, cost, folds, budgets, difficulty=lambda train, f=feature: f, bins=5)
-        fx = allocation.cross_fit(acc, cost, folds, budgets, difficulty=None)
-        mix, _, ok = allocation.cross_fit_mixture(acc, cost, folds, budgets)
+        ad = policies.cross_fit(acc, cost, folds, budgets, difficulty=lambda train, f=feature: f, bins=5)
+        fx = policies.cross_fit(acc, cost, folds, budgets, difficulty=None)
+        mix, _, ok = policies.cross_fit_mixture(acc, cost, folds, budgets)
         assert ok.all()
-        d = allocation.paired_difference(ad.accuracy[0], mix[0])
+        d = policies.paired_difference(ad.accuracy[0], mix[0])
         held_mix.append(d["mean"])
         excludes += d["lo"] > 0
-        held_point.append(allocation.paired_difference(ad.accuracy[1], fx.accuracy[1])["mean"])
+        held_point.append(policies.paired_difference(ad.accuracy[1], fx.accuracy[1])["mean"])
         inside.append(ad.in_sample_accuracy[0] - fx.in_sample_accuracy[0])
     for held in (np.array(held_mix), np.array(held_point)):
         assert held.mean() < 2 * held.std(ddof=1) / math.sqrt(sims)  # no gain
@@ -384,7 +384,7 @@ def test_no_gain_on_held_out_folds_when_difficulty_is_noise():
 def test_hull_mixture_by_hand():
     acc = np.array([0.3, 0.4, 0.35, 0.5])  # the third is below the chord of its neighbours
     cost = np.array([1.0, 2.0, 3.0, 6.0])
-    first, second, w = allocation.hull_mixtures(acc, cost, np.array([0.5, 1.0, 4.0, 10.0]))
+    first, second, w = policies.hull_mixtures(acc, cost, np.array([0.5, 1.0, 4.0, 10.0]))
     assert first.tolist() == [-1, 0, 1, 3] and second.tolist() == [-1, 1, 3, 3]
     assert w[1] == pytest.approx(1.0) and w[2] == pytest.approx(0.5)
 
