@@ -448,7 +448,8 @@ def summary_lines(summary: pl.DataFrame, *, convention: str = "paper") -> list[s
                 f"FLOPs per problem; ")
         if math.isfinite(top["saving"]):
             need = top["target_cost"] / top["saving"]
-            head += (f"the adaptive policy reaches it with {need:.3g} FLOPs (saving {_x(top['saving'])}, "
+            more = f", i.e. {1 / top['saving']:.2f}× the FLOPs" if top["saving"] < 1 else ""
+            head += (f"the adaptive policy reaches it with {need:.3g} FLOPs (saving {_x(top['saving'])}{more}; "
                      f"95% bootstrap interval {_x(top['saving_lo'])}–{_x(top['saving_hi'])}). ")
         else:
             best = pred.sort("accuracy").row(-1, named=True)
