@@ -107,7 +107,8 @@ def fit_policy(acc: np.ndarray, cost: np.ndarray, train: np.ndarray, budgets: np
     return Policy(edges, d, choices)
 
 
-def apply_policy(policy: Policy, acc: np.ndarray, cost: np.ndarray, rows: np.ndarray):
+def apply_policy(policy: Policy, acc: np.ndarray, cost: np.ndarray,
+                 rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For the problems `rows` (bool mask): bin (0-based), chosen point, accuracy and
     cost per budget, each (budgets, rows); NaN / -1 where the budget had no choice."""
     idx = np.flatnonzero(rows)
@@ -161,7 +162,8 @@ def cross_fit(acc: np.ndarray, cost: np.ndarray, folds: np.ndarray, budgets: np.
                     a.mean(axis=1), c.mean(axis=1), feasible)
 
 
-def hull_mixtures(mean_acc: np.ndarray, mean_cost: np.ndarray, budgets: np.ndarray):
+def hull_mixtures(mean_acc: np.ndarray, mean_cost: np.ndarray,
+                  budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best *randomised* fixed policy per budget: on the upper concave hull of the
     points' (mean cost, mean accuracy), the two hull points around the budget, mixed so
     that the mean cost is the budget (the costliest hull point above it). Returns
@@ -196,7 +198,8 @@ def hull_mixtures(mean_acc: np.ndarray, mean_cost: np.ndarray, budgets: np.ndarr
     return first, second, weight
 
 
-def cross_fit_mixture(acc: np.ndarray, cost: np.ndarray, folds: np.ndarray, budgets: np.ndarray):
+def cross_fit_mixture(acc: np.ndarray, cost: np.ndarray, folds: np.ndarray,
+                      budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Held-out (budgets, problems) expected accuracy and cost of the hull mixture chosen
     on the other folds, and per budget whether every fold could meet it. This is what
     the adaptive policy achieves when its bins carry no information (each problem gets
