@@ -13,6 +13,14 @@ from pipeline import score as score_checks
 models.check_sources(config["models"])
 score_checks.check_config(config)
 
+# "Every local core" for the engine rules (generate, score, train_value_head, search).
+# Snakemake caps a job's threads at --cores, so this means all of them; unlike
+# `workflow.cores` it needs no --cores in commands that run no job (`--report`,
+# `--summary`, `--list-changes`), which would otherwise stop with "Workflow requires a
+# total number of cores to be defined". (A `cores:` key in profiles/default would also
+# override profiles/slurm's `cores`: a workflow profile wins key by key.)
+ALL_CORES = 1 << 20
+
 CACHES = plan.caches(config)
 SEARCHES = plan.searches(config)
 EMBEDDED_MODELS = [m for m, c in config["models"].items() if models.is_embedded(c["path"])]
