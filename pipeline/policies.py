@@ -18,8 +18,10 @@ across problems, held-out mean cost (which may differ from the budget: choices m
 on the training folds), the in-sample accuracy (everything fitted and scored on all
 problems: optimistic) and the paired difference adaptive - fixed over the same problems,
 where "fixed" is the best single point within the budget chosen the same cross-fitted
-way (the knapsack with one bin). `paired_difference` gives its SE, normal 95% interval
-and p-value (pipeline.stats' paired interval replaces it after the merge).
+way (the knapsack with one bin; like every choice here its costs are those of the
+training folds). pipeline.allocation summarises held-out accuracies and paired
+differences with pipeline.stats (`mean_se`, `paired`: each problem's Monte Carlo SE
+counted).
 
 Between two fixed points' costs a policy can fill the budget by giving each problem one
 of the two at random: on the concave hull of the fixed points that beats the best single
@@ -47,7 +49,6 @@ difference at equal budget is the test.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -198,14 +199,19 @@ def hull_mixtures(mean_acc: np.ndarray, mean_cost: np.ndarray,
     return first, second, weight
 
 
-def cross_fit_mixture(acc: np.ndarray, cost: np.ndarray, folds: np.ndarray,
-                      budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cross_fit_mixture(acc: np.ndarray, cost: np.ndarray, folds: np.ndarray, budgets: np.ndarray,
+                      acc_se: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Held-out (budgets, problems) expected accuracy and cost of the hull mixture chosen
-    on the other folds, and per budget whether every fold could meet it. This is what
-    the adaptive policy achieves when its bins carry no information (each problem gets
-    one of two points at random), so the gain over it is the gain from difficulty."""
+    on the other folds, per budget whether every fold could meet it, and the Monte Carlo
+    SE of each problem's expected accuracy (from the points' `acc_se`, 0 without). This
+    is what the adaptive policy achieves when its bins carry no information (each
+    problem gets one of two points at random), so the gain over it is the gain from
+    difficulty."""
     nb, m = len(budgets), acc.shape[0]
+    var = np.zeros_like(acc) if acc_se is None else np.asarray(acc_se, dtype=float) ** 2
     out_a, out_c = np.full((nb, m), np.nan), np.full((nb, m), np.nan)
+    out_v = np.full((nb, m), np.nan)
     feasible = np.ones(nb, dtype=bool)
     for f in np.unique(folds):
         held = folds == f
@@ -217,22 +223,9 @@ def cross_fit_mixture(acc: np.ndarray, cost: np.ndarray, folds: np.ndarray,
         rows = np.flatnonzero(ok)
         out_a[np.ix_(rows, idx)] = w * acc[idx][:, a].T + (1 - w) * acc[idx][:, b].T
         out_c[np.ix_(rows, idx)] = w * cost[idx][:, a].T + (1 - w) * cost[idx][:, b].T
-    return out_a, out_c, feasible
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, *, z: float = 1.959963984540054) -> dict[str, float]:
-    """Mean of a - b over paired problems, its SE, normal 95% interval and two-sided
-    p-value. (Stand-in for pipeline.stats' paired interval after the merge.)"""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    m = d.size
-    mean = float(d.mean()) if m else math.nan
-    se = float(d.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan
-    if not se > 0:
-        p = 1.0 if mean == 0 else (0.0 if m > 1 else math.nan)
-        return {"mean": mean, "se": se, "lo": mean, "hi": mean, "p": p} if m > 1 else \
-            {"mean": mean, "se": se, "lo": math.nan, "hi": math.nan, "p": math.nan}
-    return {"mean": mean, "se": se, "lo": mean - z * se, "hi": mean + z * se,
-            "p": math.erfc(abs(mean / se) / math.sqrt(2))}
+        # the two points' Monte Carlo errors are independent (a == b: one point, w = 1)
+        out_v[np.ix_(rows, idx)] = w**2 * var[idx][:, a].T + (1 - w) ** 2 * var[idx][:, b].T
+    return out_a, out_c, feasible, np.sqrt(out_v)
 
 
 def fixed_targets(acc_f: np.ndarray, cost_f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import aggregate, allocation, difficulty, knapsack, policies, replay
+from pipeline import aggregate, allocation, difficulty, figures, knapsack, policies, replay, report, stats
+from pipeline.point_grid import cost_matrix, point_grid
 
 # ------------------------------------------------------------------ the knapsack
 
@@ -241,15 +242,18 @@ def test_point_grid_filters_and_checks():
         rows += [_row("coverage", 2, 0.9, 20, 22, pid=pid)]
         rows += [_row("best_of_n", 2, 0.6, 20, 30, "v", agg, pid=pid) for agg in ("last", "min")]
     rows += [_row("rebase_majority", 4, 0.7, 50, 60, "v", None, pid="a")]  # covers one problem only
+    # the adaptive policies of a finished database are no candidates of their own
+    rows += [_row(s, 70, 0.8, 25, 30, "v", None, pid=pid) for s in ("adaptive_paper", "adaptive_oracle_full")
+             for pid in ("a", "b")]
     df = pl.DataFrame(rows)
     with contextlib.redirect_stderr(io.StringIO()) as err:
-        grid = allocation.point_grid(df, ["a", "b"])
+        grid = point_grid(df, ["a", "b"])
     assert "1 point(s) left out" in err.getvalue()
     assert grid.points["label"].to_list() == ["majority@1", "majority@2", "best_of_n@2 [v, last]"]
     assert grid.accuracy.shape == (2, 3) and grid.cost["full"][0].tolist() == [11, 22, 30]
-    assert allocation.point_grid(df, ["a", "b"], aggregations=None).points.height == 4
+    assert point_grid(df, ["a", "b"], aggregations=None).points.height == 4
     with pytest.raises(ValueError, match="duplicate replay row"):
-        allocation.point_grid(pl.concat([df, df.head(1)]), ["a", "b"])
+        point_grid(pl.concat([df, df.head(1)]), ["a", "b"])
 
 
 def test_cost_matrix_counts_the_probe_once():
@@ -258,9 +262,9 @@ def test_cost_matrix_counts_the_probe_once():
     rows += [_row("best_of_n", n, 0.6, 10 * n, 15 * n, "v", "last") for n in (1, 4)]
     rows += [_row("best_of_n", 4, 0.6, 40, 4 * 16, "w", "last")]  # another PRM: 4 per sample
     rows += [_row("greedy", 1, 0.5, 9, 11), _row("rebase_majority", 4, 0.7, 50, 70, "v")]
-    grid = allocation.point_grid(pl.DataFrame(rows), ["a"])
+    grid = point_grid(pl.DataFrame(rows), ["a"])
     labels = grid.points["label"].to_list()
-    full = dict(zip(labels, allocation.cost_matrix(grid, "full", k=2, probe_prm="v")[0]))
+    full = dict(zip(labels, cost_matrix(grid, "full", k=2, probe_prm="v")[0]))
     probe = 2 * (12 + 3)
     assert full["majority@1"] == pytest.approx(probe)
     assert full["majority@4"] == pytest.approx(probe + 2 * 12)
@@ -269,11 +273,11 @@ def test_cost_matrix_counts_the_probe_once():
     assert full["best_of_n@4 [w, last]"] == pytest.approx(probe + 2 * 12 + 4 * 4)
     assert full["greedy"] == pytest.approx(probe + 11)
     assert full["rebase_majority@4 [v]"] == pytest.approx(probe + 70)
-    paper = dict(zip(labels, allocation.cost_matrix(grid, "paper", k=2, probe_prm="v")[0]))
+    paper = dict(zip(labels, cost_matrix(grid, "paper", k=2, probe_prm="v")[0]))
     assert paper["majority@1"] == paper["best_of_n@1 [v, last]"] == pytest.approx(20)
     assert paper["best_of_n@4 [v, last]"] == pytest.approx(40)
     # a probe that reads no PRM: a PRM point pays for all its n samples' scores
-    none = dict(zip(labels, allocation.cost_matrix(grid, "full", k=2, probe_prm=None)[0]))
+    none = dict(zip(labels, cost_matrix(grid, "full", k=2, probe_prm=None)[0]))
     assert none["majority@4"] == pytest.approx(48)
     assert none["best_of_n@4 [v, last]"] == pytest.approx(2 * 12 + 2 * 12 + 4 * 3)
 
@@ -281,12 +285,7 @@ def test_cost_matrix_counts_the_probe_once():
 # ------------------------------------------------------------------ cross-fitted evaluation
 
 
-def test_paired_difference_and_savings_by_hand():
-    d = policies.paired_difference(np.array([1.0, 0.5, 0.0, 1.0]), np.array([0.0, 0.5, 0.0, 0.0]))
-    se = np.std([1, 0, 0, 1], ddof=1) / 2
-    assert d["mean"] == 0.5 and d["se"] == pytest.approx(se)
-    assert d["lo"] == pytest.approx(0.5 - 1.959963984540054 * se)
-    assert d["p"] == pytest.approx(math.erfc(0.5 / se / math.sqrt(2)))
+def test_savings_by_hand():
     # the adaptive curve reaches each fixed accuracy at half the cost
     acc_f = np.array([[0.2, 0.4, 0.6]] * 3).T  # budgets x problems
     cost_f = np.array([[1.0, 2.0, 4.0]] * 3).T
@@ -300,14 +299,6 @@ def test_paired_difference_and_savings_by_hand():
     assert target_a.tolist() == pytest.approx([0.2, 0.6, 0.6]) and target_c.tolist() == [1.0, 2.0, 2.0]
     sav, _, _ = policies.savings(acc_f, cost_f / 2, acc_f, cost_f, reps=10)
     assert sav.tolist() == pytest.approx([2.0, 2.0, 2.0])
-
-
-def test_default_folds_are_seeded_and_balanced():
-    probs = pl.DataFrame({"dataset": ["d"] * 10 + ["e"] * 3, "problem_id": [f"p{i}" for i in range(13)]})
-    f = allocation.default_folds(probs, k=4, seed=1)
-    assert f.equals(allocation.default_folds(probs.reverse(), k=4, seed=1))
-    assert not f.equals(allocation.default_folds(probs, k=4, seed=2))
-    assert sorted(np.bincount(f.filter(pl.col("dataset") == "d")["fold"].to_numpy()).tolist()) == [2, 2, 3, 3]
 
 
 def _easy_hard_case(rng, m=200):
@@ -334,12 +325,11 @@ def test_adaptive_beats_every_fixed_point_when_difficulty_matters():
     assert held_cost <= 3.5 * 1.05  # within the budget on held-out problems too
     assert ad.accuracy[0].mean() > 0.75
     for j in range(3):  # every fixed point, whatever it costs
-        d = policies.paired_difference(ad.accuracy[0], acc[:, j])
-        assert d["lo"] > 0, j
-    d = policies.paired_difference(ad.accuracy[0], fx.accuracy[0])
-    assert d["lo"] > 0
-    mix, _, _ = policies.cross_fit_mixture(acc, cost, folds, budgets)
-    assert policies.paired_difference(ad.accuracy[0], mix[0])["lo"] > 0
+        assert stats.paired(ad.accuracy[0], acc[:, j]).ci_low > 0, j
+    assert stats.paired(ad.accuracy[0], fx.accuracy[0]).ci_low > 0
+    mix, _, _, mix_se = policies.cross_fit_mixture(acc, cost, folds, budgets)
+    assert (mix_se == 0).all()
+    assert stats.paired(ad.accuracy[0], mix[0]).ci_low > 0
     assert ad.in_sample.choices[0].tolist() == [0, 2]  # easy bin: cheap, hard bin: search
     # the FLOPs saving at the best fixed point's accuracy (0.625 at 4 or 6) is real:
     # cheap + mid reach it at 2.5, cheap + search beat it at 3.5
@@ -368,12 +358,12 @@ def test_no_gain_on_held_out_folds_when_difficulty_is_noise():
         budgets = np.array([3.0, 4.0])
         ad = policies.cross_fit(acc, cost, folds, budgets, difficulty=lambda train, f=feature: f, bins=5)
         fx = policies.cross_fit(acc, cost, folds, budgets, difficulty=None)
-        mix, _, ok = policies.cross_fit_mixture(acc, cost, folds, budgets)
+        mix, _, ok, _ = policies.cross_fit_mixture(acc, cost, folds, budgets)
         assert ok.all()
-        d = policies.paired_difference(ad.accuracy[0], mix[0])
-        held_mix.append(d["mean"])
-        excludes += d["lo"] > 0
-        held_point.append(policies.paired_difference(ad.accuracy[1], fx.accuracy[1])["mean"])
+        d = stats.paired(ad.accuracy[0], mix[0])
+        held_mix.append(d.diff)
+        excludes += d.ci_low > 0
+        held_point.append(stats.paired(ad.accuracy[1], fx.accuracy[1]).diff)
         inside.append(ad.in_sample_accuracy[0] - fx.in_sample_accuracy[0])
     for held in (np.array(held_mix), np.array(held_point)):
         assert held.mean() < 2 * held.std(ddof=1) / math.sqrt(sims)  # no gain
@@ -387,6 +377,13 @@ def test_hull_mixture_by_hand():
     first, second, w = policies.hull_mixtures(acc, cost, np.array([0.5, 1.0, 4.0, 10.0]))
     assert first.tolist() == [-1, 0, 1, 3] and second.tolist() == [-1, 1, 3, 3]
     assert w[1] == pytest.approx(1.0) and w[2] == pytest.approx(0.5)
+    # held out: the mixture's Monte Carlo SE from its two points' (independent draws)
+    acc, cost = np.tile([0.3, 0.5], (4, 1)), np.tile([1.0, 3.0], (4, 1))
+    se = np.tile([0.1, 0.2], (4, 1))
+    a, c, ok, s = policies.cross_fit_mixture(acc, cost, np.array([0, 1, 0, 1]), np.array([2.0, 5.0]), se)
+    assert ok.all() and a[0] == pytest.approx([0.4] * 4) and c[0] == pytest.approx([2.0] * 4)
+    assert s[0] == pytest.approx([math.sqrt(0.25 * 0.01 + 0.25 * 0.04)] * 4)
+    assert s[1] == pytest.approx([0.2] * 4)  # the costliest point alone
 
 
 # ------------------------------------------------------------------ the whole replay
@@ -438,58 +435,126 @@ def tables():
 
 
 def test_allocate_frames(tables, tmp_path):
-    res = allocation.allocate(tables, bootstrap=200)
+    folds = stats.folds_table(tables["grades"].select("dataset", "problem_id"), 4, 0)
+    res = allocation.allocate(tables, folds=folds, bootstrap=200)
     s = res.summary
+    assert s.schema == pl.Schema(allocation.SUMMARY_SCHEMA)
     assert set(s["source"]) == {"predicted", "oracle"} and set(s["convention"]) == {"paper", "full"}
     assert s.filter(pl.col("oracle"))["source"].unique().to_list() == ["oracle"]
-    assert (s["num_problems"] == 48).all() and (s["folds"] == 4).all()
+    assert (s["num_problems"] == 48).all() and (s["num_folds"] == 4).all()
+    assert (s["probe_samples"] == 4).all() and (s["probe_prm"] == "v").all()
     assert s["choices"].str.starts_with("bin1: ").all()
     assert s.filter(pl.col("source") == "predicted")["choices"].str.contains("bin2: ").any()
-    # held-out accuracy and the fixed policy's, paired over the same problems
+    # held-out accuracy and the fixed policy's, paired over the same problems (pipeline.stats)
     p = res.problems
+    assert p.schema == pl.Schema(allocation.problems_schema())
     for (source, conv, budget), g in s.group_by(["source", "convention", "budget"]):
         row = g.row(0, named=True)
         ad = p.filter((pl.col("source") == source) & (pl.col("convention") == conv)
-                      & (pl.col("budget") == budget) & (pl.col("policy") == "adaptive"))
-        fx = p.filter(pl.col("source").is_null() & (pl.col("convention") == conv) & (pl.col("budget") == budget))
+                      & (pl.col("budget") == budget) & (pl.col("policy") == "adaptive")).sort("problem_id")
+        fx = p.filter(pl.col("source").is_null() & (pl.col("convention") == conv)
+                      & (pl.col("budget") == budget)).sort("problem_id")
         assert ad.height == fx.height == 48 and ad["problem_id"].n_unique() == 48
-        assert row["accuracy"] == pytest.approx(ad["accuracy"].mean())
-        assert row["cost"] == pytest.approx(ad["cost"].mean())
+        assert (ad["point"] == row["point"]).all() and fx["point"].is_null().all()
+        assert (row["accuracy"], row["accuracy_se"]) == pytest.approx(stats.mean_se(ad["accuracy"], ad["accuracy_se"]))
+        assert row["flops"] == pytest.approx(ad["cost"].mean())
         assert row["fixed_accuracy"] == pytest.approx(fx["accuracy"].mean())
-        diff = ad.sort("problem_id")["accuracy"].to_numpy() - fx.sort("problem_id")["accuracy"].to_numpy()
-        assert row["diff"] == pytest.approx(diff.mean())
-        assert row["diff_lo"] <= row["diff"] <= row["diff_hi"]
+        d = stats.paired(ad["accuracy"], fx["accuracy"], ad["accuracy_se"], fx["accuracy_se"])
+        assert (row["diff"], row["diff_se"], row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(
+            (d.diff, d.diff_se, d.ci_low, d.ci_high))
+        assert row["mix_diff_ci_low"] <= row["mix_diff"] <= row["mix_diff_ci_high"]
+    # sampling points given the probe carry a Monte Carlo SE where they are not exact
+    assert p.filter(pl.col("policy") == "adaptive")["accuracy_se"].is_not_null().all()
     for conv, col in allocation.CONVENTIONS.items():
         rows = p.filter(pl.col("convention") == conv)
         assert rows["cost"].to_list() == rows[col].to_list()
-    # every predicted-policy point pays at least the probe: 4 samples' policy FLOPs
-    per_sample = tables["replay"].filter((pl.col("strategy") == "majority") & (pl.col("n") == 1))["flops_paper"].mean()
+    # every predicted-policy point pays at least the probe: 4 samples' policy FLOPs and tokens
+    one = tables["replay"].filter((pl.col("strategy") == "majority") & (pl.col("n") == 1))
     pred = s.filter((pl.col("source") == "predicted") & (pl.col("convention") == "paper"))
-    assert pred["cost"].min() >= 0.9 * 4 * per_sample
+    assert pred["flops"].min() >= 0.9 * 4 * one["flops_paper"].mean()
+    adaptive_rows = p.filter(pl.col("policy") == "adaptive")
+    assert adaptive_rows["output_tokens"].min() >= 0.5 * 4 * one["output_tokens"].min()
     d = res.difficulty
     assert d.height == 48 and d["oracle"].to_list() == pytest.approx((1 - d["pass1"]).to_list())
     assert d.select(pl.corr("predicted", "oracle")).item() > 0.3  # the probe says something
-    lines = allocation.summary_lines(s)
+    # the replay rows: one set of 48 per distinct point, n the budget's grid index
+    r = res.replay
+    assert r.schema == pl.Schema(allocation.replay_schema())
+    labels = r.select(pl.concat_str([pl.col("model"), pl.lit("/"), pl.col("strategy"), pl.lit("[v]@"),
+                                     pl.col("n").cast(pl.String)]).alias("x"))["x"]
+    assert set(labels) == set(s["point"]) and r.group_by("strategy", "n").len()["len"].unique().to_list() == [48]
+    assert set(r["strategy"]) == {"adaptive_paper", "adaptive_full", "adaptive_oracle_paper", "adaptive_oracle_full"}
+    for row in s.iter_rows(named=True):
+        n = int(row["point"].rsplit("@", 1)[1])
+        assert 10 ** (n / 8) <= row["budget"] * (1 + 1e-9)  # the first budget with these choices
+    lines = report.adaptive_lines(s)
     assert len(lines) == 1 and "d / toy" in lines[0] and "oracle difficulty" in lines[0]
+    assert "95% bootstrap interval" in lines[0]
     out = tmp_path / "adaptive.png"
-    allocation.plot(s, out)
+    figures.adaptive(s, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_allocate_naive_replay_and_given_folds(tables):
-    folds = allocation.default_folds(tables["grades"].select("dataset", "problem_id"), k=2, seed=5)
+    folds = stats.folds_table(tables["grades"].select("dataset", "problem_id"), 2, 5)
     res = allocation.allocate(tables, folds=folds, bootstrap=0, conventions={"paper": "flops_paper"},
                               conditional=False)
-    assert (res.summary["folds"] == 2).all() and set(res.summary["convention"]) == {"paper"}
+    assert (res.summary["num_folds"] == 2).all() and set(res.summary["convention"]) == {"paper"}
+    assert res.summary["saving_ci_low"].is_null().all()  # no bootstrap
     with pytest.raises(ValueError, match="no fold for problem"):
         allocation.allocate(tables, folds=folds.head(3), bootstrap=0)
+    # without folds: the analysis' seeded split (pipeline.stats) with num_folds and seed
+    a = allocation.allocate(tables, bootstrap=0, num_folds=3, seed=2, conventions={"paper": "flops_paper"})
+    b = allocation.allocate(tables, folds=stats.folds_table(tables["grades"].select("dataset", "problem_id"), 3, 2),
+                            bootstrap=0, conventions={"paper": "flops_paper"})
+    assert a.summary.equals(b.summary)
+
+
+def test_probe_larger_than_the_cache_is_a_config_error(tables):
+    with pytest.raises(ValueError, match="probe_samples = 13 must lie in 1..N = 12"):
+        allocation.allocate(tables, probe_samples=13, bootstrap=0)
+    config = {"sampling": {"n": 2}, "prms": {"v": {}}, "analysis": {"adaptive": {"probe_samples": 4}}}
+    with pytest.raises(ValueError, match="probe_samples = 4 exceeds sampling.n = 2"):
+        allocation.check_config(config)
+    config["analysis"]["adaptive"] = {"probe_samples": 2, "probe_prm": "w"}
+    with pytest.raises(ValueError, match="probe_prm = 'w' is not one of prms"):
+        allocation.check_config(config)
+    config["analysis"]["adaptive"] = {"enabled": False, "probe_samples": 4}
+    allocation.check_config(config)  # off: nothing to check
+    with pytest.raises(ValueError, match="unknown key"):
+        allocation.settings({"k": 4})
+
+
+def test_six_problems_five_folds_five_bins_do_not_crash():
+    """The embedded tiny workflow's shape: 6 problems, 4 samples, 5 folds (sizes 2, 1, 1,
+    1, 1), 5 bins: a training set of 4 or 5 problems gets at most that many bins, each
+    holding one at least; every budget row is still held out on all 6 problems."""
+    t = synthetic_tables(seed=3, m=6, N=4)
+    folds = stats.folds_table(t["grades"].select("dataset", "problem_id"), 5, 0)
+    assert sorted(np.bincount(folds["fold"].to_numpy()).tolist()) == [1, 1, 1, 1, 2]
+    res = allocation.allocate(t, folds=folds, probe_samples=4, bins=5, bootstrap=100)
+    s = res.summary
+    assert s.height > 0 and (s["num_problems"] == 6).all() and (s["num_folds"] == 5).all()
+    assert (s["num_bins"] <= 5).all() and s["accuracy"].is_not_null().all()
+    assert res.replay.group_by("strategy", "n").len()["len"].unique().to_list() == [6]
+    assert len(report.adaptive_lines(s)) == 1
+    # one problem: no fold to hold out, the dataset is left out (not an error)
+    one = {k: v.filter(pl.col("problem_id") == "p000") for k, v in t.items()}
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        res = allocation.allocate(one, bootstrap=0)
+    assert res.summary.is_empty() and "none to hold out" in err.getvalue()
 
 
 def test_main_prints_the_table_from_a_database(tables, tmp_path, capsys):
     db = tmp_path / "r.duckdb"
-    aggregate.write_duckdb(dict(tables), db)
+    aggregate.write_duckdb(dict(tables), db, analysis={"folds": 3, "adaptive": {"bins": 3}})
     png = tmp_path / "a.png"
-    allocation.main(["--db", str(db), "--plot", str(png), "--bootstrap", "100"])
+    with contextlib.redirect_stderr(io.StringIO()):
+        allocation.main(["--db", str(db), "--plot", str(png), "--bootstrap", "100"])
     out = capsys.readouterr().out
-    assert "**d / toy** (paper FLOPs" in out and "**d / toy** (full FLOPs" in out
+    assert "**d / toy** (paper FLOPs; held out over 3 folds; probe k = 4, 3 difficulty bins)" in out
+    assert "**d / toy** (full FLOPs" in out
     assert png.exists()
+    # the database's replay holds the adaptive policies: the CLI does not choose among them
+    allocation.main(["--db", str(db), "--bins", "2", "--bootstrap", "0"])
+    assert "2 difficulty bins" in capsys.readouterr().out
