@@ -302,7 +302,8 @@ def analysis_tables(tables: dict[str, pl.DataFrame], settings: dict) -> dict[str
     # The paper's claims are about the fixed strategies; the held-out choices and the
     # views see the adaptive policies as points of their own.
     fixed_cand = candidate_rows(replay, settings["aggregations"])
-    replay = pl.concat([replay, adaptive.pop("replay").select(replay.columns)], how="vertical_relaxed")
+    # (a column of replay the adaptive rows lack is NULL for them)
+    replay = pl.concat([replay, adaptive.pop("replay")], how="diagonal_relaxed").select(replay.columns)
     strategies = pl.concat([strategies.filter(~pl.col("strategy").is_in(adaptive["strategies"]["strategy"].to_list())),
                             adaptive.pop("strategies")], how="vertical_relaxed").sort("strategy")
     return {
