@@ -22,7 +22,12 @@ Tables:
                exact), output_tokens, prompt_tokens, flops_paper, flops_full. prm and
                aggregation are NULL for strategies that use no PRM (greedy, majority,
                coverage). Every strategy of every stage lands here (tree search too, with
-               n = its budget), so the views below pick up new strategies by themselves.
+               n = its budget), so the views pick up new strategies by themselves; and
+               the difficulty-adaptive policies (pipeline.allocation): strategy
+               adaptive_<convention> (adaptive_oracle_<convention> with oracle difficulty
+               bins, an oracle like coverage), prm = the PRM the probe reads, aggregation
+               NULL, n = the budget's grid index, and their *held-out* per-problem
+               results, one set per distinct policy.
                Measured latency (pipeline/latency.py): seconds (wall-clock seconds per
                problem the strategy costs on the measured device: n/N of the cache's
                generation time, plus its scoring time for PRM strategies; a tree search's
@@ -38,13 +43,15 @@ Tables:
                FLOPs. (Only when the config has `search` entries.) Its rows also enter
                `replay` as strategy "<search>_<rule>" with n = the budget.
     strategies strategy, family ("sampling-based voting" | "PRM-based selection" |
-               "tree search": the stage its rows come from), algorithm (rebase / beam /
-               mcts for tree search, else NULL), selection (the rule that picks the final
-               answer: greedy, majority, coverage, best_of_n, weighted_majority)
+               "tree search" | "difficulty-adaptive": the stage its rows come from),
+               algorithm (rebase / beam / mcts for tree search, else NULL), selection
+               (the rule that picks the final answer: greedy, majority, coverage,
+               best_of_n, weighted_majority; NULL for the adaptive policies)
     analysis   one row, the headline protocol (config `analysis`): aggregations (the step
                aggregations whose PRM strategies enter the front, compute_optimal, the
                claims and the default figures), folds (K), seed, bootstrap (resamples),
-               conventions (the cost conventions' names)
+               conventions (the cost conventions' names), adaptive (a STRUCT: the
+               settings of the difficulty-adaptive allocation, `analysis.adaptive`)
     folds      dataset, problem_id, fold: the seeded K-fold split (pipeline.stats.
                assign_folds) every held-out choice uses
     held_out_problems
@@ -54,6 +61,17 @@ Tables:
                that point's cost), budget, problem_id, fold, point (the choice made on the
                other folds), accuracy, accuracy_se and cost of that point on this problem,
                train_accuracy (its accuracy on the training folds)
+    adaptive   the difficulty-adaptive allocation (pipeline.allocation), one row per
+               dataset x model x difficulty source (predicted | oracle) x convention x
+               budget: held-out accuracy, accuracy_se, flops, the per-bin choices, the
+               in-sample accuracy, the best fixed point and fixed mixture chosen the same
+               way, paired differences with 95% intervals, the FLOPs saving with its
+               bootstrap interval, and `point`, the replay point of these results
+    adaptive_problems
+               its per-problem held-out rows (adaptive and fixed policies): bin, choice,
+               accuracy, accuracy_se, cost in every convention and tokens
+    difficulty per problem: the probe's answer agreement and mean PRM score, pass@1,
+               the predicted and the oracle difficulty
     claims     the paper's claims tested on this run (pipeline.claims): dataset, claim,
                subject, test, num_problems, diff, diff_se, ci_low, ci_high, p_value,
                mde, verdict, note
@@ -81,16 +99,17 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import claims, io, latency, search, stats, views
+from pipeline import allocation, claims, io, latency, search, stats, views
 from pipeline.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
 )
 
 STORAGE_VERSION = "v1.1.0"
 # The headline protocol when the config has no `analysis` section (the schema's defaults).
-ANALYSIS_DEFAULTS = {"aggregations": ["last"], "folds": 5, "seed": 0, "bootstrap": 1000}
+ANALYSIS_DEFAULTS = {"aggregations": ["last"], "folds": 5, "seed": 0, "bootstrap": 1000,
+                     "adaptive": allocation.DEFAULTS}
 
-SAMPLING_FAMILY, PRM_FAMILY, SEARCH_FAMILY = views.FAMILIES
+SAMPLING_FAMILY, PRM_FAMILY, SEARCH_FAMILY, ADAPTIVE_FAMILY = views.FAMILIES
 
 
 def _tagged(path: str, columns: list[str] | None = None, **tags: str) -> pl.DataFrame:
@@ -227,8 +246,9 @@ def infer_strategies(replay: pl.DataFrame) -> pl.DataFrame:
 
 
 def analysis_settings(config: dict | None = None) -> dict:
-    """The config's `analysis` section over ANALYSIS_DEFAULTS."""
-    return {**ANALYSIS_DEFAULTS, **((config or {}).get("analysis") or {})}
+    """The config's `analysis` section over ANALYSIS_DEFAULTS (`adaptive` key by key)."""
+    section = (config or {}).get("analysis") or {}
+    return {**ANALYSIS_DEFAULTS, **section, "adaptive": allocation.settings(section.get("adaptive"))}
 
 
 def candidate_rows(replay: pl.DataFrame, aggregations) -> pl.DataFrame:
@@ -280,28 +300,41 @@ def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
 
 
 def analysis_tables(tables: dict[str, pl.DataFrame], settings: dict) -> dict[str, pl.DataFrame]:
-    """analysis, folds, held_out_problems and claims, from replay (and problems, models,
-    strategies where present)."""
+    """analysis, folds, the difficulty-adaptive allocation (pipeline.allocation: its
+    tables, and its rows added to replay and strategies), held_out_problems and claims,
+    from replay (and grades, scores, problems, models, strategies where present)."""
     replay = tables["replay"]
     problems = tables["problems"] if "problems" in tables else replay
     folds = stats.folds_table(problems.select("dataset", pl.col("problem_id").cast(pl.String)),
                               settings["folds"], settings["seed"])
-    cand = candidate_rows(replay, settings["aggregations"])
     strategies = tables.get("strategies")
     if strategies is None:
         strategies = infer_strategies(replay)
+    adaptive = allocation.database_tables(tables, folds, adaptive=settings["adaptive"],
+                                          aggregations=settings["aggregations"],
+                                          bootstrap=settings["bootstrap"], seed=settings["seed"])
+    # The paper's claims are about the fixed strategies; the held-out choices and the
+    # views see the adaptive policies as points of their own.
+    fixed_cand = candidate_rows(replay, settings["aggregations"])
+    # (a column of replay the adaptive rows lack is NULL for them)
+    replay = pl.concat([replay, adaptive.pop("replay")], how="diagonal_relaxed").select(replay.columns)
+    strategies = pl.concat([strategies.filter(~pl.col("strategy").is_in(adaptive["strategies"]["strategy"].to_list())),
+                            adaptive.pop("strategies")], how="vertical_relaxed").sort("strategy")
     return {
+        "replay": replay,
         "strategies": strategies,
         "analysis": pl.DataFrame({
             "aggregations": [list(settings["aggregations"])], "folds": [settings["folds"]],
             "seed": [settings["seed"]], "bootstrap": [settings["bootstrap"]],
             "conventions": [[name for name, _ in views.COST_CONVENTIONS]],
+            "adaptive": [settings["adaptive"]],
         }, schema={"aggregations": pl.List(pl.String), "folds": pl.Int32, "seed": pl.Int64,
-                   "bootstrap": pl.Int32, "conventions": pl.List(pl.String)}),
+                   "bootstrap": pl.Int32, "conventions": pl.List(pl.String), "adaptive": allocation.SETTINGS_SCHEMA}),
         "folds": folds,
-        "held_out_problems": held_out_problems(cand, folds),
-        "claims": claims.evaluate(cand, folds=folds, strategies=strategies, models=tables.get("models")),
-        "power": claims.power(cand),
+        **adaptive,
+        "held_out_problems": held_out_problems(candidate_rows(replay, settings["aggregations"]), folds),
+        "claims": claims.evaluate(fixed_cand, folds=folds, strategies=strategies, models=tables.get("models")),
+        "power": claims.power(fixed_cand),
     }
 
 
@@ -348,6 +381,7 @@ READ = {
     "power": "SELECT * FROM power",
     "models": "SELECT * FROM models",
     "analysis": "SELECT * FROM analysis",
+    "adaptive": "SELECT * FROM adaptive ORDER BY dataset, model, source DESC, convention, budget",
     # per-problem rows of the headline non-oracle points (the bootstrap resamples them)
     "candidates": """SELECT r.dataset, r.point, r.model, r.problem_id, r.accuracy, r.accuracy_se,
                             r.flops_paper, r.flops_full
@@ -384,13 +418,15 @@ def size_fits(data: dict[str, pl.DataFrame], *, convention: str = "paper") -> di
 
 
 def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, tables: list[str],
-                  plot_size: str | None = None) -> None:
+                  plot_size: str | None = None, plot_adaptive: str | None = None) -> None:
     """Figures, HTML tables and the Markdown summary, all from the database."""
     from pipeline import figures, report
 
     data = read_views(db)
     figures.accuracy_vs_flops(data["points"], data["pareto"], data["held_out"], plot)
     figures.accuracy_vs_n(data["points"], plot_n)
+    if plot_adaptive:
+        figures.adaptive(data["adaptive"], plot_adaptive)
     fits = None
     if plot_size:
         fits = size_fits(data)
@@ -412,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", required=True, help="accuracy vs FLOPs, a panel per strategy family (PNG)")
     ap.add_argument("--plot-n", required=True, help="accuracy vs n (PNG)")
     ap.add_argument("--plot-size", help="compute-optimal model size vs budget (PNG; 2+ models)")
+    ap.add_argument("--plot-adaptive", help="difficulty-adaptive allocation vs the best fixed point (PNG)")
     ap.add_argument("--summary", required=True, help="Markdown summary")
     ap.add_argument("--tables", nargs="+", required=True,
                     help="HTML tables of the views, each named <view>.html")
@@ -420,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     tables["provenance"] = provenance(a.config)
     write_duckdb(tables, a.db, analysis=analysis_settings(json.loads(a.config)))
     write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,
-                  tables=a.tables)
+                  tables=a.tables, plot_adaptive=a.plot_adaptive)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Paper-style figures, drawn from the DuckDB views (pipeline.views) of the headline points.
 
-    accuracy_vs_flops       per dataset a 2 x 2 block: one panel per strategy family
-                            (sampling-based voting, PRM-based selection, tree search;
-                            `points.family`) with accuracy against FLOPs per problem (log
+    accuracy_vs_flops       per dataset a block of panels: one per strategy family
+                            (sampling-based voting, PRM-based selection, tree search,
+                            difficulty-adaptive; `points.family`; an oracle line faded)
+                            with accuracy against FLOPs per problem (log
                             x), one line per model x strategy with its shaded 95% band,
                             the held-out Pareto front behind in light grey; and a panel
                             with the Pareto front itself: held-out accuracy of the
@@ -10,12 +11,17 @@
                             bars, a star where the point beats the previous front point,
                             paired 95%) against the in-sample front (thin, dashed)
     accuracy_vs_n           per dataset one panel per family: accuracy against n (samples,
-                            or the search budget; log2 x) with 95% bands
+                            or the search budget; log2 x) with 95% bands (the adaptive
+                            policies have no such n and are left out)
     compute_optimal_size    per dataset: the compute-optimal model size against the budget
                             (log-log) with the fitted line log10 C = a log10 N + b and its
                             bootstrap 95% band (problems resampled, pipeline.stats), beside
                             the paper's log10 C = 1.19 log10 N + 2.03 (Wu et al., Pythia on
                             GSM8K); only meaningful with two or more model sizes
+    adaptive                the table `adaptive` (pipeline.allocation): held-out accuracy
+                            against the budget of the difficulty-adaptive policy, the best
+                            fixed point, the fixed mixture and oracle-difficulty bins, with
+                            95% bands, a panel per dataset x model x convention
 
 Only the headline points (`points.headline`: no step aggregation, or one of
 `analysis.aggregations`, the paper's `last` by default) are drawn, so panels stay
@@ -36,7 +42,12 @@ import polars as pl
 
 from pipeline import io
 from pipeline.stats import Z95, SizeFit, fit_loglog  # noqa: F401  (fit_loglog: the figures' fit)
-from pipeline.views import COST_CONVENTIONS, FAMILIES
+from pipeline.views import (
+    ADAPTIVE_FAMILY,
+    COST_CONVENTIONS,
+    FAMILIES,
+    ORACLE_STRATEGIES,
+)
 
 LINE_KEYS = ["model", "prm", "strategy", "aggregation"]
 PAPER_FIT = (1.19, 2.03)  # log10 C = 1.19 log10 N + 2.03 (Wu et al., Section 4)
@@ -110,7 +121,7 @@ def _styles(points: pl.DataFrame) -> dict[tuple, dict]:
         kind = (prm, strategy, agg)
         style = {"color": colour[kind], "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
                  "marker": _MARKERS[i % len(_MARKERS)] if len(models) > 1 else marker_of[kind]}
-        if strategy == "coverage":
+        if strategy in ORACLE_STRATEGIES:
             style["alpha"] = 0.55  # an oracle bound, not a strategy
         out[(model, prm, strategy, agg)] = style
     return out
@@ -200,7 +211,7 @@ def _held_out_curve(held_out: pl.DataFrame | None, dataset: str, convention: str
 
 def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.DataFrame | None,
                       out: str | Path, *, convention: str = "paper") -> None:
-    """Per dataset a 2 x 2 block: a panel per strategy family and the Pareto front panel:
+    """Per dataset a block of panels, two a row: a panel per strategy family and the Pareto front panel:
     the held-out accuracy of the best choice within each budget (`held_out` view; solid,
     95% band), the front's points at their held-out accuracy (`pareto` view; coloured,
     95% bars, a star where a point beats the previous one) and the in-sample front
@@ -239,8 +250,9 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
                 ax.step(curve[0], curve[1], where="post", color=FRONT_GREY, linewidth=1.0, alpha=0.7, zorder=1,
                         label="held-out best within budget (all families)")
             for key, g in _lines(sub.filter(pl.col("family") == family)):
+                g = g.sort(cost)  # an adaptive policy's cost need not grow with its n in every convention
                 _draw(ax, g[cost], g["accuracy"], g["accuracy_se"],
-                      _short_label(*key, models=models) + (" (oracle)" if key[2] == "coverage" else ""),
+                      _short_label(*key, models=models) + (" (oracle)" if key[2] in ORACLE_STRATEGIES else ""),
                       styles[key])
             ax.set_title(f"{dataset}: {family}", fontsize=10)
             ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.85)
@@ -299,7 +311,8 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
 def accuracy_vs_n(points: pl.DataFrame, out: str | Path) -> None:
     """Accuracy against n (samples per problem, or a search's budget), per dataset one panel
     per strategy family, 95% bands."""
-    pts = _headline(points)
+    # the adaptive policies' n is a budget's grid index, not a number of samples
+    pts = _headline(points).filter(pl.col("family") != ADAPTIVE_FAMILY)
     if pts.is_empty():
         return _empty(out, "no replay results")
     plt = _plt()
@@ -319,7 +332,7 @@ def accuracy_vs_n(points: pl.DataFrame, out: str | Path) -> None:
                 continue
             for key, g in _lines(sub.filter(pl.col("family") == family)):
                 _draw(ax, g["n"], g["accuracy"], g["accuracy_se"],
-                      _short_label(*key, models=models) + (" (oracle)" if key[2] == "coverage" else ""),
+                      _short_label(*key, models=models) + (" (oracle)" if key[2] in ORACLE_STRATEGIES else ""),
                       styles[key])
             ax.set_xscale("log", base=2)
             ax.set_xlim(*xlim)
@@ -390,3 +403,62 @@ def compute_optimal_size(optimal: pl.DataFrame, models: pl.DataFrame, out: str |
         ax.legend(fontsize=7)
     _save(fig, out)
     return result
+
+
+ADAPTIVE_STYLES = {  # line of the adaptive figure: label, colour, line style, marker
+    "fixed": ("best fixed point", "#1f77b4", "-", "o"),
+    "mix": ("fixed mixture (two points split at random)", "#2ca02c", ":", "."),
+    "predicted": ("adaptive (predicted difficulty)", "#d62728", "-", "s"),
+    "oracle": ("adaptive (oracle difficulty from the answers: a reference)", "#7f7f7f", "--", "^"),
+}
+
+
+def adaptive(table: pl.DataFrame, out: str | Path) -> None:
+    """The `adaptive` table (pipeline.allocation): held-out accuracy (95% bands) against
+    the budget (mean FLOPs per problem, the constraint the choices meet on the training
+    folds) of the adaptive policy, the best fixed point, the fixed mixture and the
+    oracle-difficulty policy, so that vertical gaps are the table's paired comparisons. A
+    row of panels per dataset x model, a column per convention."""
+    if table.is_empty():
+        return _empty(out, "no difficulty-adaptive allocation (analysis.adaptive.enabled is false, "
+                           "or no sampled cache had enough problems for two folds)")
+    plt = _plt()
+    import matplotlib.ticker
+
+    keys = table.select("dataset", "model").unique(maintain_order=True).rows()
+    order = [name for name, _ in COST_CONVENTIONS]
+    convs = sorted(table["convention"].unique().to_list(), key=lambda c: (order.index(c) if c in order else len(order), c))
+    fig, axes = plt.subplots(len(keys), len(convs), figsize=(5.4 * len(convs), 3.8 * len(keys) + 0.5),
+                             squeeze=False)
+    for r, (dataset, model) in enumerate(keys):
+        for c, conv in enumerate(convs):
+            ax = axes[r, c]
+            g = table.filter((pl.col("dataset") == dataset) & (pl.col("model") == model)
+                             & (pl.col("convention") == conv))
+            fixed = g.unique("budget", keep="first", maintain_order=True).sort("budget")  # source-free
+            lines = {"fixed": (fixed["budget"], fixed["fixed_accuracy"], fixed["fixed_accuracy_se"]),
+                     "mix": (fixed["budget"], fixed["mix_accuracy"], fixed["mix_accuracy_se"])}
+            for source in ("predicted", "oracle"):
+                s = g.filter(pl.col("source") == source).sort("budget")
+                lines[source] = (s["budget"], s["accuracy"], s["accuracy_se"])
+            for key, (x, y, e) in lines.items():
+                if len(x) == 0:
+                    continue
+                label, colour, ls, marker = ADAPTIVE_STYLES[key]
+                x, y, e = (np.asarray(v, dtype=float) for v in (x, y, e))
+                ax.plot(x, y, ls, color=colour, marker=marker, markersize=3.5, linewidth=1.4, label=label)
+                if key != "mix":  # a line between two bands; its own band would hide them
+                    half = Z95 * np.nan_to_num(e)
+                    ax.fill_between(x, y - half, y + half, color=colour, alpha=0.12, linewidth=0)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel(f"budget: mean FLOPs per problem ({conv} convention)", fontsize=8)
+            ax.set_ylabel("held-out accuracy (95% band)", fontsize=8)
+            ax.tick_params(labelsize=8)
+            ax.set_title(f"{dataset} / {model}: difficulty-adaptive, {conv} FLOPs", fontsize=9)
+            ax.grid(True, which="both", alpha=0.25)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / (3.8 * len(keys) + 0.5), 1, 1))
+    io._atomic(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight"))
+    plt.close(fig)

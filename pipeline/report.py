@@ -9,10 +9,13 @@
                                and the compute-optimal choice per budget (in-sample and
                                held-out, paper FLOPs convention), the fitted
                                compute-optimal model-size line with its bootstrap
-                               intervals when there are two sizes
+                               intervals when there are two sizes, and per convention the
+                               FLOPs the difficulty-adaptive policy saves at the best
+                               fixed point's held-out accuracy, with its interval
+                               (`adaptive_lines`, from the table `adaptive`)
     results/tables/<view>.html the views accuracy_vs_flops, pareto and compute_optimal and
-                               the claims table as self-contained HTML tables, which
-                               `snakemake --report` embeds beside the figures
+                               the claims and adaptive tables as self-contained HTML
+                               tables, which `snakemake --report` embeds beside the figures
 
 Both are written by the aggregate job (see rules/aggregate.smk); the Snakemake report
 (`snakemake --report results/report.html`) wraps figures, tables and this summary into
@@ -28,6 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import io
+from pipeline.views import COST_CONVENTIONS
 
 def _fmt(v) -> str:
     if v is None:
@@ -80,6 +84,12 @@ NOTES = {
     "claims": "The paper's qualitative claims tested on this run: paired differences (positive = "
     "as claimed), 95% intervals, two-sided p-values, the minimum detectable difference at 80% "
     "power, and a verdict (definitions: pipeline/claims.py).",
+    "adaptive": "Difficulty-adaptive allocation per dataset, model, difficulty source (predicted "
+    "from a probe of k samples; oracle: pass@1 from the reference answers), FLOPs convention and "
+    "budget: held-out accuracy (choices made on the other folds) with its SE and mean FLOPs, the "
+    "in-sample choices per difficulty bin (bin1 the easiest), the best fixed point and fixed mixture "
+    "chosen the same way, the paired differences with 95% intervals, and the FLOPs saving at the "
+    "best fixed point's held-out accuracy with its 95% bootstrap interval (pipeline/allocation.py).",
 }
 TABLE_VIEWS = tuple(NOTES)
 
@@ -233,8 +243,77 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
         elif fits is not None and dataset in fits:
             out += ["Compute-optimal model size: one model size is optimal at every budget, "
                     "so no line can be fitted.", ""]
+        out += _adaptive_section(views.get("adaptive"), dataset)
     return "\n".join(out)
+
+
+def _adaptive_section(adaptive: pl.DataFrame | None, dataset: str) -> list[str]:
+    if adaptive is None:
+        return []
+    rows = adaptive.filter(pl.col("dataset") == dataset)
+    order = [name for name, _ in COST_CONVENTIONS]
+    convs = sorted(rows["convention"].unique().to_list(), key=lambda c: (order.index(c) if c in order else len(order), c))
+    lines = [line for conv in convs for line in adaptive_lines(rows, convention=conv)]
+    if not lines:
+        return []
+    return ["### Difficulty-adaptive allocation", "",
+            "A probe of the first k cached samples predicts each problem's difficulty; per FLOPs budget "
+            "one point per difficulty bin, chosen on the other folds and scored held out (table "
+            "`adaptive`, figure `results/plots/adaptive.png`). Saving: the best fixed point's held-out "
+            "FLOPs over the adaptive policy's at the same held-out accuracy (> 1: fewer FLOPs).", "",
+            *[x for line in lines for x in (line, "")]]
 
 
 def write_summary(views: dict[str, pl.DataFrame], out: str | Path, **kwargs) -> None:
     io.write_text(summary_markdown(views, **kwargs), out)
+
+
+# --------------------------------------------------------------------------- difficulty-adaptive allocation
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}×" if v is not None and math.isfinite(v) else "–"
+
+
+def adaptive_lines(adaptive: pl.DataFrame, *, convention: str = "paper") -> list[str]:
+    """One Markdown line per dataset x model from the `adaptive` table (pipeline.allocation):
+    the FLOPs the adaptive policy saves at the best fixed strategy's held-out accuracy
+    (the target of the largest budget), with its bootstrap interval, or its absence; the
+    paired differences at equal budgets; and the oracle-difficulty variant."""
+    lines = []
+    rows = adaptive.filter(pl.col("convention") == convention)
+    for (dataset, model), g in rows.group_by(["dataset", "model"], maintain_order=True):
+        pred = g.filter(pl.col("source") == "predicted").sort("budget")
+        orc = g.filter(pl.col("source") == "oracle").sort("budget")
+        if pred.is_empty():
+            continue
+        top = pred.row(-1, named=True)
+        # the fixed policy's row where its best held-out accuracy (the target) is reached
+        tgt = pred.filter(pl.col("fixed_accuracy") >= top["target_accuracy"] - 1e-12).row(0, named=True)
+        head = (f"**{dataset} / {model}** ({convention} FLOPs; held out over {top['num_folds']} folds; probe "
+                f"k = {top['probe_samples']}, {top['num_bins']} difficulty bins): the best fixed point "
+                f"({tgt['fixed_choice']}, chosen for a budget of {tgt['budget']:.3g}) has held-out accuracy "
+                f"{tgt['fixed_accuracy']:.3f} (SE {tgt['fixed_accuracy_se']:.3f}) at {tgt['fixed_flops']:.3g} "
+                f"FLOPs per problem; ")
+        interval = f"95% bootstrap interval {_x(top['saving_ci_low'])}–{_x(top['saving_ci_high'])}"
+        if top["saving"] is not None and math.isfinite(top["saving"]):
+            need = top["target_flops"] / top["saving"]
+            more = f", i.e. {1 / top['saving']:.2f}× the FLOPs" if top["saving"] < 1 else ""
+            head += (f"the adaptive policy reaches it with {need:.3g} FLOPs (saving {_x(top['saving'])}{more}; "
+                     f"{interval}). ")
+        else:
+            best = pred.sort("accuracy").row(-1, named=True)
+            head += (f"the adaptive policy does not reach it within the budgets: no saving (its best held-out "
+                     f"accuracy {best['accuracy']:.3f}, SE {best['accuracy_se']:.3f}; {interval}). ")
+        for col, what in (("diff", "the best fixed point"), ("mix_diff", "the fixed mixture")):
+            up = pred.filter(pl.col(f"{col}_ci_low") > 0).height
+            down = pred.filter(pl.col(f"{col}_ci_high") < 0).height
+            head += (f"At equal budgets, adaptive − {what}: {pred[col].min():+.3f} to {pred[col].max():+.3f} "
+                     f"(95% interval above 0 at {up}, below 0 at {down} of {pred.height} budgets). ")
+        head = head.rstrip()
+        if not orc.is_empty():
+            o = orc.row(-1, named=True)
+            head += (f" With oracle difficulty bins (pass@1 from the reference answers): saving {_x(o['saving'])} "
+                     f"({_x(o['saving_ci_low'])}–{_x(o['saving_ci_high'])}).")
+        lines.append(head)
+    return lines

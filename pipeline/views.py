@@ -40,12 +40,13 @@ Views:
                flops_paper and flops_full (means per problem, the two conventions of
                pipeline.flops), num_problems, and `oracle` (true for coverage / pass@n,
                which needs the reference answer to pick a sample and so is an upper
-               bound, not a strategy one can run). Every aggregation is here.
+               bound, not a strategy one can run, and for the adaptive policy with oracle
+               difficulty bins, ORACLE_STRATEGIES). Every aggregation is here.
     points     accuracy_vs_flops plus `point` (its label), `family` (sampling-based
-               voting, PRM-based selection, tree search: the stage the strategy comes
-               from, table `strategies`) and `headline` (no step aggregation, or one of
-               `analysis.aggregations`: the points the front, compute_optimal, the claims
-               and the default figures use).
+               voting, PRM-based selection, tree search, difficulty-adaptive: the stage
+               the strategy comes from, table `strategies`) and `headline` (no step
+               aggregation, or one of `analysis.aggregations`: the points the front,
+               compute_optimal, the claims and the default figures use).
     point_problems  `replay` rows with their point label: the per-problem data behind
                every point (what `paired` joins).
     held_out   per (dataset, convention, budget): the cross-fitted choice's held-out
@@ -89,20 +90,34 @@ from __future__ import annotations
 from pipeline.latency import MIXED, SEPARATOR
 from pipeline.stats import DECIMALS, Z95
 
-# Strategies that need the reference answer to choose (upper bounds, not runnable):
-# listed in accuracy_vs_flops.oracle, left out of the Pareto front and compute_optimal.
-ORACLE_STRATEGIES = ("coverage",)
-
 # Cost conventions: (name, per-problem cost column of `replay` / `accuracy_vs_flops`).
-# The front, compute_optimal and the cross-fitting run once per entry; adding a
-# convention is one line here (and its column in replay).
+# The front, compute_optimal, the cross-fitting and the adaptive allocation run once per
+# entry; adding a convention is one line here (and its column in replay).
 COST_CONVENTIONS: tuple[tuple[str, str], ...] = (
     ("paper", "flops_paper"),
     ("full", "flops_full"),
 )
 BUDGETS_PER_DECADE = 4
 
-FAMILIES = ("sampling-based voting", "PRM-based selection", "tree search")
+FAMILIES = ("sampling-based voting", "PRM-based selection", "tree search", "difficulty-adaptive")
+ADAPTIVE_FAMILY = FAMILIES[3]
+
+
+def adaptive_strategy(convention: str, *, oracle: bool = False) -> str:
+    """The `replay` strategy of the difficulty-adaptive policy chosen for a cost
+    convention (pipeline.allocation): 'adaptive_paper', or with oracle difficulty bins
+    'adaptive_oracle_paper'."""
+    return f"adaptive_oracle_{convention}" if oracle else f"adaptive_{convention}"
+
+
+ADAPTIVE_STRATEGIES = tuple(adaptive_strategy(name, oracle=o) for name, _ in COST_CONVENTIONS
+                            for o in (False, True))
+
+# Strategies that need the reference answer to choose (upper bounds, not runnable):
+# listed in accuracy_vs_flops.oracle, left out of the Pareto front, compute_optimal and
+# the held-out choices. Coverage (pass@n) picks a correct sample; the adaptive policy
+# with oracle difficulty bins bins problems by their pass@1.
+ORACLE_STRATEGIES = ("coverage", *(adaptive_strategy(name, oracle=True) for name, _ in COST_CONVENTIONS))
 
 
 def point_label(model: str, prm: str | None, strategy: str, aggregation: str | None, n: int) -> str:

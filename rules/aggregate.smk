@@ -1,8 +1,8 @@
 # One job gathers every stage's results into DuckDB, derives the analysis tables (folds,
-# held-out choices, the paper's claims; the config's `analysis` section, passed with the
-# whole config as JSON) and draws what the report shows (figures, the views as HTML
-# tables, a Markdown summary), all from the database. `snakemake --report
-# results/report.html` embeds the outputs marked report().
+# the difficulty-adaptive allocation, held-out choices, the paper's claims; the config's
+# `analysis` section, passed with the whole config as JSON) and draws what the report
+# shows (figures, the views as HTML tables, a Markdown summary), all from the database.
+# `snakemake --report results/report.html` embeds the outputs marked report().
 
 
 rule aggregate:
@@ -52,6 +52,18 @@ rule aggregate:
             category="Tables",
             labels={"view": "claims"},
         ),
+        plot_adaptive=report(
+            "results/plots/adaptive.png",
+            caption="../report/adaptive.rst",
+            category="Figures",
+            labels={"figure": "difficulty-adaptive allocation"},
+        ),
+        table_adaptive=report(
+            "results/tables/adaptive.html",
+            caption="../report/adaptive.rst",
+            category="Tables",
+            labels={"view": "adaptive"},
+        ),
         **get_size_figure(),
     params:
         manifest=get_manifest_json,
@@ -62,6 +74,6 @@ rule aggregate:
     shell:
         "python -m pipeline.aggregate --manifest {params.manifest:q} --config {params.config:q} "
         "--db {output.db} --plot {output.plot} --plot-n {output.plot_n} {params.size} "
-        "--summary {output.summary} "
+        "--plot-adaptive {output.plot_adaptive} --summary {output.summary} "
         "--tables {output.table_curve} {output.table_pareto} {output.table_optimal} "
-        "{output.table_claims} > {log} 2>&1"
+        "{output.table_claims} {output.table_adaptive} > {log} 2>&1"

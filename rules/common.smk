@@ -5,13 +5,15 @@ from snakemake.utils import validate
 
 validate(config, schema="../config/config.schema.yaml", set_default=True)
 
-from pipeline import models, plan
+from pipeline import allocation, models, plan
 from pipeline import score as score_checks
 
-# What the schema cannot check, before any job: model paths, PRM entries (dataset
-# files are parsed and checked by plan.caches, through datasets.count_problems).
+# What the schema cannot check, before any job: model paths, PRM entries, the adaptive
+# allocation's probe (dataset files are parsed and checked by plan.caches, through
+# datasets.count_problems).
 models.check_sources(config["models"])
 score_checks.check_config(config)
+allocation.check_config(config)
 
 # "Every local core" for the engine rules (generate, score, train_value_head, search).
 # Snakemake caps a job's threads at --cores, so this means all of them; unlike

@@ -236,3 +236,71 @@ def test_line_labels_are_unique_per_line(tmp_path):
     labels = [figures.line_label(*k) for k in keys]
     assert len(set(labels)) == len(labels)
     assert figures.line_label("m", "v", "best_of_n", "min") == "m / best_of_n [v, min]"
+
+
+def test_adaptive_policies_enter_the_views(tmp_path):
+    """aggregate's table builder runs the difficulty-adaptive allocation on the seeded
+    folds of the analysis: the `adaptive` table, its strategies in replay (held-out rows)
+    and on the front, the oracle variant flagged and never on the front, the figure, the
+    HTML table and the summary line."""
+    from test_allocation import synthetic_tables
+
+    db = tmp_path / "a.duckdb"
+    models = pl.DataFrame({"model": ["toy"], "path": ["p"], "identity": ["p"], "params_total": [1_000_000],
+                           "params_embedding": [0], "tie_word_embeddings": [True]})
+    aggregate.write_duckdb({**synthetic_tables(), "models": models}, db,
+                           analysis={"folds": 4, "seed": 1, "adaptive": {"bins": 3}})
+    settings = query(db, "SELECT adaptive FROM analysis").item()
+    assert settings["bins"] == 3 and settings["probe_samples"] == 4 and settings["enabled"]
+    table = query(db, "SELECT * FROM adaptive")
+    assert set(table["source"]) == {"predicted", "oracle"} and set(table["convention"]) == {"paper", "full"}
+    assert (table["num_folds"] == 4).all() and (table["num_bins"] <= 3).all()
+    assert table["accuracy_se"].is_not_null().all() and table["diff_ci_low"].is_not_null().all()
+    # the folds are the analysis' (pipeline.stats, seed 1), as every held-out choice uses
+    folds = query(db, "SELECT problem_id, fold FROM folds")
+    held = query(db, "SELECT DISTINCT problem_id, fold FROM adaptive_problems")
+    assert sorted(held.rows()) == sorted(folds.rows())
+    # the held-out rows of each point are the replay rows of its strategy
+    points = query(db, "SELECT * FROM points WHERE family = 'difficulty-adaptive'")
+    assert set(points["point"]) == set(table["point"])
+    assert points.filter(pl.col("oracle"))["strategy"].unique().sort().to_list() == [
+        "adaptive_oracle_full", "adaptive_oracle_paper"]
+    assert points["headline"].all() and (points["num_problems"] == 48).all()
+    row = table.filter(source="predicted", convention="paper").row(-1, named=True)
+    assert points.filter(point=row["point"])["accuracy"].item() == pytest.approx(row["accuracy"])
+    # the front, compute_optimal and the held-out choices see the predicted policies only
+    front = query(db, "SELECT * FROM pareto")
+    assert front.filter(pl.col("strategy").str.starts_with("adaptive_oracle")).is_empty()
+    assert front.filter(pl.col("strategy").str.starts_with("adaptive_")).height > 0
+    assert query(db, "SELECT * FROM compute_optimal WHERE strategy LIKE 'adaptive_oracle%'").is_empty()
+    assert query(db, "SELECT * FROM held_out_problems WHERE point LIKE '%adaptive_oracle%'").is_empty()
+    assert query(db, "SELECT count(*) FROM held_out_problems WHERE point LIKE '%/adaptive_%'").item() > 0
+    # a policy chosen for the paper convention carries its full-convention costs too
+    both = query(db, "SELECT flops_paper, flops_full FROM points WHERE strategy = 'adaptive_paper'")
+    assert (both["flops_full"] > both["flops_paper"]).all()
+    # the paper's claims are about the fixed strategies
+    assert not query(db, "SELECT * FROM claims WHERE test LIKE '%adaptive%'").height
+    out = tmp_path / "out"
+    tables = [out / "tables" / f"{v}.html" for v in report.TABLE_VIEWS]
+    aggregate.write_outputs(db, plot=str(out / "f.png"), plot_n=str(out / "n.png"), summary=str(out / "summary.md"),
+                            tables=[str(t) for t in tables], plot_adaptive=str(out / "adaptive.png"))
+    assert (out / "adaptive.png").stat().st_size > 10_000
+    assert "saving_ci_low" in (out / "tables" / "adaptive.html").read_text()
+    md = (out / "summary.md").read_text()
+    assert "### Difficulty-adaptive allocation" in md and "**d / toy** (paper FLOPs" in md
+    assert "**d / toy** (full FLOPs" in md
+
+
+def test_adaptive_switched_off_or_without_grades(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    from test_allocation import synthetic_tables
+
+    off = tmp_path / "a" / "off.duckdb"
+    aggregate.write_duckdb(synthetic_tables(), off, analysis={"adaptive": {"enabled": False}})
+    for db in (off, build(tmp_path / "b")):  # build: replay only, no grades
+        assert query(db, "SELECT count(*) FROM adaptive").item() == 0
+        assert query(db, "SELECT count(*) FROM replay WHERE strategy LIKE 'adaptive%'").item() == 0
+    out = tmp_path / "a.png"
+    figures.adaptive(query(off, "SELECT * FROM adaptive"), out)
+    assert out.stat().st_size > 1000

@@ -31,8 +31,8 @@ TWO["models"][SECOND] = {
 # model's outputs simply leave the aggregation.
 TWO.pop("search", None)
 TWO["prms"] = {k: v for k, v in TWO["prms"].items() if k == "logprob"}
-AGGREGATE_OUTPUTS = {"inference.duckdb", "accuracy_vs_flops.png", "accuracy_vs_n.png", "summary.md",
-                     "accuracy_vs_flops.html", "pareto.html", "compute_optimal.html", "claims.html"}
+AGGREGATE_OUTPUTS = {"inference.duckdb", "accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png", "summary.md",
+                     "accuracy_vs_flops.html", "pareto.html", "compute_optimal.html", "claims.html", "adaptive.html"}
 
 
 def snapshot(run):

@@ -108,6 +108,22 @@ def check_latency(con):
         (work("generate", kind="sampled") + work("score", prm="logprob")) / 6 / 2)
     assert point("rebase_majority", 4) == pytest.approx(work("search", search="rebase", budget=4) / 6)
 
+    # the difficulty-adaptive allocation on 6 problems (5 folds of 2, 1, 1, 1, 1; a probe
+    # of all 4 samples): degenerate, but held out on every problem at some budget
+    adaptive = pl.from_arrow(con.sql("SELECT * FROM adaptive").to_arrow_table())
+    assert adaptive.height > 0 and (adaptive["num_problems"] == 6).all() and (adaptive["num_folds"] == 5).all()
+    assert set(adaptive["source"]) == {"predicted", "oracle"} and (adaptive["probe_samples"] == 4).all()
+    assert adaptive["accuracy"].is_between(0, 1).all() and (adaptive["num_bins"] <= 5).all()
+    points = pl.from_arrow(con.sql(
+        "SELECT point, oracle, num_problems FROM points WHERE family = 'difficulty-adaptive'").to_arrow_table())
+    assert set(points["point"]) == set(adaptive["point"]) and (points["num_problems"] == 6).all()
+    assert points.filter(pl.col("oracle"))["point"].str.contains("/adaptive_oracle_").all()
+    assert con.execute("SELECT count(*) FROM pareto WHERE strategy LIKE 'adaptive_oracle%'").fetchall() == [(0,)]
+    assert con.execute("SELECT count(*) FROM compute_optimal WHERE strategy LIKE 'adaptive_oracle%'").fetchall() == [(0,)]
+    assert (run / "results" / "plots" / "adaptive.png").stat().st_size > 10_000
+    summary = (run / "results" / "summary.md").read_text()
+    assert "### Difficulty-adaptive allocation" in summary and "arith / smollm2-135m" in summary
+
 
 def test_tree_search_results(run):
     with open_db(run) as con:
