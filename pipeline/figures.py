@@ -187,6 +187,18 @@ def _has(ax, sub: pl.DataFrame, family: str) -> bool:
     return False
 
 
+def _log_xticks(ax) -> None:
+    """On a log x axis spanning less than two decades (seconds often do), plainly
+    labelled 1-2-5 ticks instead of matplotlib's crowded minor labels."""
+    import matplotlib.ticker as mt
+
+    lo, hi = ax.get_xlim()
+    if lo > 0 and hi / lo < 100:
+        ax.xaxis.set_major_locator(mt.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(mt.NullFormatter())
+
+
 def _front_steps(front: pl.DataFrame, x_max: float, y: str):
     """x, y of a staircase through the front's points, held up to x_max."""
     x = np.append(front["flops"].to_numpy(), max(x_max, front["flops"].max()))
@@ -299,6 +311,7 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
         for ax in (a for i, a in enumerate(block[:per]) if i not in empty):
             ax.set_xscale("log")
             ax.set_xlim(float(sub[cost].min()) / 1.6, x_max * 1.6)
+            _log_xticks(ax)
             ax.set_ylim(*ylim)
             ax.set_xlabel(COST_AXIS.get(convention, f"inference FLOPs per problem ({convention} convention)"),
                           fontsize=8)

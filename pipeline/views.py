@@ -65,13 +65,13 @@ Views:
                devices never compete; points with NULL seconds (not measured) and points
                whose seconds add up work on several devices ('mixed: ...') are in no
                seconds front (refused rather than compared: such a number is no single
-               device's). Of points tied in
-               both (at n = 1 every voting strategy is the same one sample) one is kept,
-               the first by (prm NULLS FIRST, strategy, aggregation, model, n), and `tied`
-               counts them. Long format: `convention` is one of COST_CONVENTIONS' names
-               ('paper', 'full', 'seconds') and `flops` the point's cost in it (FLOPs, or
-               seconds; flops_paper / flops_full / seconds are kept too). Ordered by
-               flops, so accuracy rises strictly along it. Held out: held_out_accuracy, held_out_se, held_out_flops (the
+               device's). Of points tied in both (at n = 1 every voting strategy is the
+               same one sample) one is kept, the first by (prm NULLS FIRST, strategy,
+               aggregation, model, n), and `tied` counts them. Long format: `convention`
+               is one of COST_CONVENTIONS' names ('paper', 'full', 'seconds') and `flops`
+               the point's cost in it (FLOPs, or seconds; flops_paper / flops_full /
+               seconds are kept too). Ordered by flops, so accuracy rises strictly along
+               it. Held out: held_out_accuracy, held_out_se, held_out_flops (the
                `held_out` choice at a budget equal to this point's cost; the in-sample
                front is the maximum of many noisy points, the held-out one is not). Each
                point against the previous (cheaper) front point, paired: previous (its
@@ -87,8 +87,8 @@ Views:
                costliest front point; budgets below the cheapest point have no row.
                Columns: device (as in pareto), budget, log10_budget, model, params_total
                (from `models`), prm, strategy, aggregation, n, accuracy, accuracy_se,
-               flops, flops_paper, flops_full, seconds (in-sample), point, and held out: held_out_accuracy,
-               held_out_se, held_out_flops, folds_agreeing (of num_folds folds, how many
+               flops, flops_paper, flops_full, seconds (in-sample), point, and held
+               out: held_out_accuracy, held_out_se, held_out_flops, folds_agreeing (of num_folds folds, how many
                chose this same point on their training folds). In-sample accuracy never
                decreases as the budget grows; the held-out accuracy need not.
 """
