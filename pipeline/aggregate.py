@@ -56,7 +56,8 @@ Tables:
                assign_folds) every held-out choice uses
     held_out_problems
                the cross-fitted choices (pipeline.stats.crossfit) over the headline
-               non-oracle points, per dataset x convention x budget x problem: grid_k
+               non-oracle points, per dataset x convention x device (the seconds
+               convention's fronts, `cost_fronts`; NULL for FLOPs) x budget x problem: grid_k
                (a compute_optimal budget, 10^(grid_k / 4)) or at_point (a budget equal to
                that point's cost), budget, problem_id, fold, point (the choice made on the
                other folds), accuracy, accuracy_se and cost of that point on this problem,
@@ -263,22 +264,43 @@ def candidate_rows(replay: pl.DataFrame, aggregations) -> pl.DataFrame:
 
 
 HELD_OUT_SCHEMA = {
-    "dataset": pl.String, "convention": pl.String, "grid_k": pl.Int64, "at_point": pl.String,
+    "dataset": pl.String, "convention": pl.String, "device": pl.String, "grid_k": pl.Int64, "at_point": pl.String,
     "budget": pl.Float64, "problem_id": pl.String, "fold": pl.Int32, "point": pl.String,
     "accuracy": pl.Float64, "accuracy_se": pl.Float64, "cost": pl.Float64, "train_accuracy": pl.Float64,
 }
 
 
+def cost_fronts(rows: pl.DataFrame, convention: str, column: str) -> list[tuple[str | None, pl.DataFrame]]:
+    """The candidates of one cost convention, split as the `pareto` view splits its
+    fronts: [(device, rows)]. A point competes only where its cost is known on every
+    problem. In a MEASURED convention (views.MEASURED_CONVENTIONS) the candidates are
+    split by the device the point was measured on, and a point measured on several
+    devices ("mixed: ...", as accuracy_vs_flops labels it) or on none competes nowhere;
+    otherwise one group, device None. Rows: point, problem_id, accuracy, accuracy_se, cost."""
+    r = rows.select("point", "problem_id", "accuracy", "accuracy_se", cost=pl.col(column),
+                    device=pl.col("device").cast(pl.String) if "device" in rows.columns else pl.lit(None, pl.String))
+    per_point = (r.group_by("point").agg(complete=pl.col("cost").is_not_null().all(), devices=pl.col("device"))
+                 .with_columns(device=latency.device_label(pl.col("devices"))))
+    if convention not in views.MEASURED_CONVENTIONS:
+        keep = per_point.filter("complete")["point"]
+        return [(None, r.filter(pl.col("point").is_in(keep.implode())).drop("device"))]
+    ok = per_point.filter(pl.col("complete") & pl.col("device").is_not_null()
+                          & ~pl.col("device").str.starts_with(latency.MIXED))
+    return [(device, r.filter(pl.col("point").is_in(g["point"].implode())).drop("device"))
+            for device, g in ((d, ok.filter(pl.col("device") == d)) for d in sorted(ok["device"].unique()))]
+
+
 def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
-    """The cross-fitted choice per dataset x cost convention at every budget the views
-    show: the compute_optimal grid (a superset of its range: one step beyond the
-    cheapest and the costliest candidate) and every candidate's own cost (the front's
-    points are candidates)."""
+    """The cross-fitted choice per dataset x cost convention (x device, for a measured
+    convention: `cost_fronts`) at every budget the views show: the compute_optimal grid
+    (a superset of its range: one step beyond the cheapest and the costliest candidate)
+    and every candidate's own cost (the front's points are candidates)."""
     parts = []
     for (dataset,), rows in cand.group_by("dataset", maintain_order=True):
         f = folds.filter(pl.col("dataset") == dataset)
-        for convention, column in views.COST_CONVENTIONS:
-            r = rows.select("point", "problem_id", "accuracy", "accuracy_se", cost=pl.col(column))
+        fronts = [(convention, device, r) for convention, column in views.COST_CONVENTIONS
+                  for device, r in cost_fronts(rows, convention, column) if r.height]
+        for convention, device, r in fronts:
             means = r.group_by("point", maintain_order=True).agg(pl.col("cost").mean())
             budgets = [pl.DataFrame({"grid_k": [None] * means.height, "at_point": means["point"],
                                      "budget": means["cost"]},
@@ -292,7 +314,8 @@ def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
                                                 "budget": [10 ** (k / per) for k in ks]},
                                                schema=budgets[0].schema))
             out = stats.crossfit(r, f, pl.concat(budgets))
-            parts.append(out.with_columns(dataset=pl.lit(dataset), convention=pl.lit(convention)))
+            parts.append(out.with_columns(dataset=pl.lit(dataset), convention=pl.lit(convention),
+                                          device=pl.lit(device, pl.String)))
     if not parts:
         return pl.DataFrame(schema=HELD_OUT_SCHEMA)
     return pl.concat(parts, how="diagonal_relaxed").select(
@@ -418,7 +441,8 @@ def size_fits(data: dict[str, pl.DataFrame], *, convention: str = "paper") -> di
 
 
 def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, tables: list[str],
-                  plot_size: str | None = None, plot_adaptive: str | None = None) -> None:
+                  plot_size: str | None = None, plot_adaptive: str | None = None,
+                  plot_seconds: str | None = None) -> None:
     """Figures, HTML tables and the Markdown summary, all from the database."""
     from pipeline import figures, report
 
@@ -427,6 +451,8 @@ def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, table
     figures.accuracy_vs_n(data["points"], plot_n)
     if plot_adaptive:
         figures.adaptive(data["adaptive"], plot_adaptive)
+    if plot_seconds:
+        figures.accuracy_vs_seconds(data["points"], data["pareto"], data["held_out"], plot_seconds)
     fits = None
     if plot_size:
         fits = size_fits(data)
@@ -447,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--db", required=True)
     ap.add_argument("--plot", required=True, help="accuracy vs FLOPs, a panel per strategy family (PNG)")
     ap.add_argument("--plot-n", required=True, help="accuracy vs n (PNG)")
+    ap.add_argument("--plot-seconds", help="accuracy vs measured seconds per problem, a block per device (PNG)")
     ap.add_argument("--plot-size", help="compute-optimal model size vs budget (PNG; 2+ models)")
     ap.add_argument("--plot-adaptive", help="difficulty-adaptive allocation vs the best fixed point (PNG)")
     ap.add_argument("--summary", required=True, help="Markdown summary")
@@ -457,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     tables["provenance"] = provenance(a.config)
     write_duckdb(tables, a.db, analysis=analysis_settings(json.loads(a.config)))
     write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,
-                  tables=a.tables, plot_adaptive=a.plot_adaptive)
+                  tables=a.tables, plot_adaptive=a.plot_adaptive, plot_seconds=a.plot_seconds)
 
 
 if __name__ == "__main__":

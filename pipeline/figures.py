@@ -10,6 +10,11 @@
                             cross-fitted choice at each front point's cost (solid, 95%
                             bars, a star where the point beats the previous front point,
                             paired 95%) against the in-sample front (thin, dashed)
+    accuracy_vs_seconds     the same against measured wall-clock seconds per problem (the
+                            `seconds` convention, pipeline.latency): a block per dataset x
+                            device, since seconds measured on different devices never share
+                            a front; the device in every panel's title. Points without
+                            measured seconds, or measured on several devices, are not drawn
     accuracy_vs_n           per dataset one panel per family: accuracy against n (samples,
                             or the search budget; log2 x) with 95% bands (the adaptive
                             policies have no such n and are left out)
@@ -35,6 +40,7 @@ backend) and returns nothing (compute_optimal_size: its fits).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +48,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.stats import Z95, SizeFit, fit_loglog  # noqa: F401  (fit_loglog: the figures' fit)
+from pipeline.latency import MIXED
 from pipeline.views import (
     ADAPTIVE_FAMILY,
     COST_CONVENTIONS,
@@ -55,6 +62,9 @@ _LINESTYLES = ["-", "--", ":", "-."]
 _MARKERS = ["o", "s", "^", "D", "v", "P"]
 DPI = 110
 FRONT_GREY = "0.55"
+# x-axis label per cost convention (the FLOPs conventions: "inference FLOPs per problem")
+COST_AXIS = {"seconds": "measured wall-clock seconds per problem (model load excluded)"}
+TITLE_CHARS = 62  # longer panel titles (a device name) wrap
 
 
 def _plt():
@@ -156,6 +166,9 @@ def _ylim(values: list[np.ndarray]) -> tuple[float, float]:
 
 
 def _save(fig, out: str | Path) -> None:
+    for ax in fig.axes:
+        if len(ax.get_title()) > TITLE_CHARS:
+            ax.title.set_text("\n".join(textwrap.wrap(ax.get_title(), TITLE_CHARS)))
     fig.tight_layout()
     io._atomic(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight"))
     _plt().close(fig)
@@ -183,6 +196,18 @@ def _has(ax, sub: pl.DataFrame, family: str) -> bool:
     ax.set_title(f"{sub['dataset'][0]}: {family}", fontsize=10)
     ax.set_axis_off()
     return False
+
+
+def _log_xticks(ax) -> None:
+    """On a log x axis spanning less than two decades (seconds often do), plainly
+    labelled 1-2-5 ticks instead of matplotlib's crowded minor labels."""
+    import matplotlib.ticker as mt
+
+    lo, hi = ax.get_xlim()
+    if lo > 0 and hi / lo < 100:
+        ax.xaxis.set_major_locator(mt.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(mt.NullFormatter())
 
 
 def _front_steps(front: pl.DataFrame, x_max: float, y: str):
@@ -298,14 +323,41 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
         for ax in (a for i, a in enumerate(block[:per]) if i not in empty):
             ax.set_xscale("log")
             ax.set_xlim(float(sub[cost].min()) / 1.6, x_max * 1.6)
+            _log_xticks(ax)
             ax.set_ylim(*ylim)
-            ax.set_xlabel(f"inference FLOPs per problem ({convention} convention)", fontsize=8)
+            ax.set_xlabel(COST_AXIS.get(convention, f"inference FLOPs per problem ({convention} convention)"),
+                          fontsize=8)
             ax.set_ylabel("accuracy", fontsize=8)
             ax.tick_params(labelsize=8)
             ax.grid(True, which="both", alpha=0.25)
         for ax in block[per:]:
             ax.axis("off")
     _save(fig, out)
+
+
+def accuracy_vs_seconds(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.DataFrame | None,
+                        out: str | Path, *, convention: str = "seconds") -> None:
+    """`accuracy_vs_flops` against measured seconds per problem (a MEASURED convention of
+    pipeline.views): one block per dataset x device, titled '<dataset>, seconds on
+    <device>', with that device's front (`pareto`, `held_out` rows of the convention and
+    device). Headline points without measured seconds, or whose seconds come from several
+    devices, are left out (they are in no seconds front; summary.md counts them)."""
+    cost = dict(COST_CONVENTIONS)[convention]
+    pts = _headline(points).filter(pl.col(cost).is_not_null() & pl.col("device").is_not_null()
+                                   & ~pl.col("device").str.starts_with(MIXED))
+    if pts.is_empty():
+        return _empty(out, "no measured seconds: every point's outputs were written unmeasured, or measured "
+                           "on several devices (see accuracy_vs_flops.seconds and .device)")
+    block = pl.format("{}, seconds on {}", pl.col("dataset"), pl.col("device"))
+
+    def by_device(df: pl.DataFrame | None) -> pl.DataFrame | None:
+        if df is None:
+            return None
+        return df.filter((pl.col("convention") == convention) & pl.col("device").is_not_null()).with_columns(
+            dataset=block)
+
+    accuracy_vs_flops(pts.sort("dataset", "device", maintain_order=True).with_columns(dataset=block),
+                      by_device(front), by_device(held_out), out, convention=convention)
 
 
 def accuracy_vs_n(points: pl.DataFrame, out: str | Path) -> None:

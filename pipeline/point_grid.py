@@ -11,7 +11,7 @@ within a model (`choice_label`): 'majority@4', 'best_of_n@8 [value-head, last]',
 'rebase_majority@4 [value-head]', 'greedy'.
 
 Cost (`cost_matrix`), in every cost column of the grid: each convention's
-(pipeline.views.COST_CONVENTIONS: "paper" = flops_paper, "full" = flops_full) and,
+(pipeline.views.FLOPS_CONVENTIONS: "paper" = flops_paper, "full" = flops_full) and,
 carried the same way, the token columns. A *sampling* point (majority, best_of_n,
 weighted_majority at n) reuses the k probe samples: it costs max(n, k) samples' worth of
 the policy (per-sample cost = the problem's majority cost at n, divided by n: replay
@@ -36,7 +36,7 @@ from pipeline import views
 # Strategies that vote over the sampled cache, so can reuse the probe's samples; every
 # other non-oracle strategy (greedy, tree search) is a run of its own.
 SAMPLING_STRATEGIES = ("majority", "best_of_n", "weighted_majority")
-CONVENTIONS = dict(views.COST_CONVENTIONS)
+CONVENTIONS = dict(views.FLOPS_CONVENTIONS)  # views.ADAPTIVE_STRATEGIES says why
 TOKEN_COLUMNS = ("output_tokens", "prompt_tokens")  # carried like costs (linear in n too)
 
 

@@ -7,7 +7,10 @@
                                its 95% interval, the Pareto front (in-sample and held-out
                                accuracy, each point's paired gain over the previous one)
                                and the compute-optimal choice per budget (in-sample and
-                               held-out, paper FLOPs convention), the fitted
+                               held-out, paper FLOPs convention), measured latency
+                               (`latency_section`: seconds per problem beside FLOPs at the
+                               largest n of every headline line, the device(s) they were
+                               measured on, and the seconds front per device), the fitted
                                compute-optimal model-size line with its bootstrap
                                intervals when there are two sizes, and per convention the
                                FLOPs the difficulty-adaptive policy saves at the best
@@ -49,7 +52,8 @@ def _fmt(v) -> str:
 
 def markdown_table(df: pl.DataFrame) -> str:
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.rows()]
+    # a "|" inside a cell (a "mixed: a | b" device) would split it
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in df.rows()]
     return "\n".join(lines)
 
 
@@ -73,14 +77,17 @@ NOTES = {
     "accuracy_vs_flops": "One row per curve point (every step aggregation); accuracy is the mean "
     "over problems, accuracy_se its standard error across problems; tokens and FLOPs are means per "
     "problem. oracle: coverage (pass@n), an upper bound.",
-    "pareto": "Headline points no other point dominates (no more FLOPs and no less accuracy), per "
-    "dataset and FLOPs convention, across all models, PRMs and strategies; oracle strategies "
-    "excluded. held_out_accuracy: the choice within this point's FLOPs made on the other folds, "
+    "pareto": "Headline points no other point dominates (no more cost and no less accuracy), per "
+    "dataset and cost convention (paper / full FLOPs; seconds: measured seconds per problem, one front "
+    "per device, points without measured seconds or measured on several devices left out), across all "
+    "models, PRMs and strategies; oracle strategies excluded; flops is the cost in the convention. "
+    "held_out_accuracy: the choice within this point's cost made on the other folds, "
     "scored on the held-out fold (cross-fitting). gain: paired accuracy difference to the previous "
     "front point, with its 95% interval; beats_previous when the interval excludes 0.",
-    "compute_optimal": "Per FLOPs budget (4 per decade): the most accurate headline point with "
-    "flops <= budget (in-sample, biased upwards: the maximum of many noisy estimates), beside the "
-    "held-out accuracy of the same choice made on K-1 folds and scored on the K-th.",
+    "compute_optimal": "Per budget (4 per decade; FLOPs, or seconds per problem per device in the "
+    "seconds convention): the most accurate headline point with flops (its cost) <= budget "
+    "(in-sample, biased upwards: the maximum of many noisy estimates), beside the held-out accuracy "
+    "of the same choice made on K-1 folds and scored on the K-th.",
     "claims": "The paper's qualitative claims tested on this run: paired differences (positive = "
     "as claimed), 95% intervals, two-sided p-values, the minimum detectable difference at 80% "
     "power, and a verdict (definitions: pipeline/claims.py).",
@@ -226,6 +233,8 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
                 "The in-sample choice and its accuracy beside the held-out accuracy of the choice made "
                 "on the other folds (folds agreeing: how many folds chose the same point).", "",
                 markdown_table(o), ""]
+        out += latency_section(points.filter(pl.col("dataset") == dataset),
+                               front.filter(pl.col("dataset") == dataset))
         fit = (fits or {}).get(dataset)
         if fit is not None:
             if hasattr(fit, "slope"):
@@ -262,6 +271,59 @@ def _adaptive_section(adaptive: pl.DataFrame | None, dataset: str) -> list[str]:
             "`adaptive`, figure `results/plots/adaptive.png`). Saving: the best fixed point's held-out "
             "FLOPs over the adaptive policy's at the same held-out accuracy (> 1: fewer FLOPs).", "",
             *[x for line in lines for x in (line, "")]]
+
+
+def latency_section(points: pl.DataFrame, front: pl.DataFrame, *, convention: str = "seconds") -> list[str]:
+    """Measured latency of one dataset: seconds per problem beside FLOPs at the largest n
+    of every headline runnable line, the device(s), the `pareto` front of `convention`
+    (one per device) and the points that front leaves out (unmeasured, mixed devices)."""
+    from pipeline.latency import MIXED
+
+    if "seconds" not in points.columns or points.is_empty():
+        return []
+    c = points.filter(pl.col("headline")) if "headline" in points.columns else points
+    c = c.filter(~pl.col("oracle")) if "oracle" in c.columns else c
+    out = ["### Latency: measured seconds per problem", ""]
+    measured = c.filter(pl.col("seconds").is_not_null())
+    if measured.is_empty():
+        return out + ["No point has measured seconds: its outputs were written before timing was "
+                      "recorded (regenerating them measures them; `pipeline/latency.py`).", ""]
+    devices = measured["device"].drop_nulls().unique().sort().to_list()
+    single = [d for d in devices if not d.startswith(MIXED)]
+    out += ["Wall-clock seconds per problem of the work (model load apart: `load_s`, once per job) on "
+            "the device the stages ran on: sampling strategies at n of N cached samples are charged n/N "
+            "of their cache's generation time (plus its scoring time for PRM strategies), tree search "
+            "its job's time (`pipeline/latency.py`; `accuracy_vs_flops.seconds`, `.device`). Measured on: "
+            + "; ".join(f"**{d}**" for d in devices) + ".", ""]
+    t = (c.with_columns(line=_line()).sort("n").group_by("line", maintain_order=True).last()
+         .with_columns(per_tflop=pl.col("seconds") / (pl.col("flops_paper") / 1e12))
+         .sort("seconds", nulls_last=True)
+         .select("line", "n", "accuracy", "flops_paper", "seconds",
+                 pl.col("per_tflop").alias("s per 1e12 FLOPs (paper)"), "load_s",
+                 *(["device"] if len(devices) > 1 else [])))
+    out += [markdown_table(t), ""]
+    f = front.filter(pl.col("convention") == convention) if "convention" in front.columns else front.clear()
+    for device in single:
+        d = f.filter(pl.col("device") == device)
+        if d.is_empty():
+            continue
+        line = pl.when(pl.col("tied") > 1).then(
+            pl.concat_str([_line(), pl.lit(" (+"), (pl.col("tied") - 1).cast(pl.String), pl.lit(" tied)")])
+        ).otherwise(_line())
+        d = d.with_columns(line=line, held_out=_pm("held_out_accuracy", "held_out_se"),
+                           gain_ci=_ci("gain_ci_low", "gain_ci_high")).select(
+            "line", "n", pl.col("accuracy").alias("in-sample"), pl.col("held_out").alias("held-out ± 95%"),
+            "seconds", "flops_paper", pl.col("gain").alias("gain vs previous"),
+            pl.col("gain_ci").alias("gain 95% CI"), pl.col("beats_previous").alias("significant"))
+        out += [f"### Pareto front (seconds on {device})", "", markdown_table(d), ""]
+    unmeasured = c.filter(pl.col("seconds").is_null()).height
+    mixed = measured.filter(pl.col("device").is_null() | pl.col("device").str.starts_with(MIXED)).height
+    if unmeasured or mixed or len(single) > 1:
+        out += [f"Seconds measured on different devices are never compared: the `seconds` convention of "
+                f"`pareto` and `compute_optimal` has one front per device (column `device`). Left out of "
+                f"every seconds front: {unmeasured} headline point(s) without measured seconds and {mixed} "
+                f"whose seconds add up work done on several devices (device `mixed: ...`).", ""]
+    return out
 
 
 def write_summary(views: dict[str, pl.DataFrame], out: str | Path, **kwargs) -> None:

@@ -49,38 +49,47 @@ Views:
                compute_optimal, the claims and the default figures use).
     point_problems  `replay` rows with their point label: the per-problem data behind
                every point (what `paired` joins).
-    held_out   per (dataset, convention, budget): the cross-fitted choice's held-out
+    held_out   per (dataset, convention, device, budget): the cross-fitted choice's held-out
                accuracy (mean over problems of the choice each problem's fold made on
                the other folds), accuracy_se (`mean_se`), flops (mean cost of the held-out
                choices), num_problems, num_folds, choices (the distinct points chosen).
                `grid_k` identifies a budget of the compute_optimal grid (budget =
                10^(grid_k / 4)), `at_point` a budget equal to that point's cost.
-    pareto     the accuracy-FLOPs Pareto front per (dataset, convention) over the headline
-               non-oracle points: every point that no other point dominates (another
-               point dominates it when it needs at most as many FLOPs and is at least as
-               accurate, and is strictly better in one of the two). Of points tied in
-               both (at n = 1 every voting strategy is the same one sample) one is kept,
-               the first by (prm NULLS FIRST, strategy, aggregation, model, n), and `tied`
-               counts them. Long format: `convention` is one of COST_CONVENTIONS' names
-               ('paper', 'full') and `flops` the point's cost in it (flops_paper /
-               flops_full are kept too). Ordered by flops, so accuracy rises strictly
-               along it. Held out: held_out_accuracy, held_out_se, held_out_flops (the
+    pareto     the accuracy-cost Pareto front per (dataset, convention, device) over the
+               headline non-oracle points: every point that no other point dominates
+               (another point dominates it when it costs at most as much and is at least
+               as accurate, and is strictly better in one of the two). Conventions
+               (COST_CONVENTIONS): 'paper' and 'full' count FLOPs (device NULL: one front
+               over every point); 'seconds' is the measured wall-clock seconds per problem
+               (pipeline.latency), a MEASURED convention: one front per device (`device`,
+               the device the points' seconds were measured on), so seconds from different
+               devices never compete; points with NULL seconds (not measured) and points
+               whose seconds add up work on several devices ('mixed: ...') are in no
+               seconds front (refused rather than compared: such a number is no single
+               device's). Of points tied in both (at n = 1 every voting strategy is the
+               same one sample) one is kept, the first by (prm NULLS FIRST, strategy,
+               aggregation, model, n), and `tied` counts them. Long format: `convention`
+               is one of COST_CONVENTIONS' names ('paper', 'full', 'seconds') and `flops`
+               the point's cost in it (FLOPs, or seconds; flops_paper / flops_full /
+               seconds are kept too). Ordered by flops, so accuracy rises strictly along
+               it. Held out: held_out_accuracy, held_out_se, held_out_flops (the
                `held_out` choice at a budget equal to this point's cost; the in-sample
                front is the maximum of many noisy points, the held-out one is not). Each
                point against the previous (cheaper) front point, paired: previous (its
                label), gain (mean accuracy difference), gain_se, gain_ci_low,
                gain_ci_high, gain_p, beats_previous (the 95% interval excludes 0 on the
                positive side). NULL for the first point.
-    compute_optimal  per (dataset, convention, budget): the best point within the budget,
-               i.e. the most accurate headline non-oracle point with flops <= budget (=
-               the Pareto point with the largest flops <= budget). Budgets form a
-               log-spaced grid, BUDGETS_PER_DECADE per decade (budget = 10^(k / 4)), from
-               the cheapest point's FLOPs up to the first grid value at or above the
+    compute_optimal  per (dataset, convention, device, budget): the best point within the
+               budget, i.e. the most accurate headline non-oracle point of that front
+               with flops (its cost) <= budget (= the Pareto point with the largest flops
+               <= budget). Budgets form a log-spaced grid, BUDGETS_PER_DECADE per decade
+               (budget = 10^(k / 4), in FLOPs or in seconds, k negative below one), from
+               the cheapest point's cost up to the first grid value at or above the
                costliest front point; budgets below the cheapest point have no row.
-               Columns: budget, log10_budget, model, params_total (from `models`), prm,
-               strategy, aggregation, n, accuracy, accuracy_se, flops, flops_paper,
-               flops_full (in-sample), point, and held out: held_out_accuracy,
-               held_out_se, held_out_flops, folds_agreeing (of num_folds folds, how many
+               Columns: device (as in pareto), budget, log10_budget, model, params_total
+               (from `models`), prm, strategy, aggregation, n, accuracy, accuracy_se,
+               flops, flops_paper, flops_full, seconds (in-sample), point, and held
+               out: held_out_accuracy, held_out_se, held_out_flops, folds_agreeing (of num_folds folds, how many
                chose this same point on their training folds). In-sample accuracy never
                decreases as the budget grows; the held-out accuracy need not.
 """
@@ -96,7 +105,17 @@ from pipeline.stats import DECIMALS, Z95
 COST_CONVENTIONS: tuple[tuple[str, str], ...] = (
     ("paper", "flops_paper"),
     ("full", "flops_full"),
+    ("seconds", "seconds"),
 )
+# Conventions whose cost is measured on a device (pipeline.latency) rather than counted:
+# one front (and compute_optimal grid, and cross-fitted choice) per device, keyed by the
+# `device` column, so that seconds from different devices never compete; a point whose
+# own numbers come from several devices ("mixed: ..."), or whose cost is NULL (not
+# measured), is in no front of the convention. The other conventions have device NULL.
+MEASURED_CONVENTIONS: tuple[str, ...] = ("seconds",)
+# The conventions that count FLOPs (the same on every device).
+FLOPS_CONVENTIONS: tuple[tuple[str, str], ...] = tuple(
+    c for c in COST_CONVENTIONS if c[0] not in MEASURED_CONVENTIONS)
 BUDGETS_PER_DECADE = 4
 
 FAMILIES = ("sampling-based voting", "PRM-based selection", "tree search", "difficulty-adaptive")
@@ -110,14 +129,17 @@ def adaptive_strategy(convention: str, *, oracle: bool = False) -> str:
     return f"adaptive_oracle_{convention}" if oracle else f"adaptive_{convention}"
 
 
-ADAPTIVE_STRATEGIES = tuple(adaptive_strategy(name, oracle=o) for name, _ in COST_CONVENTIONS
+# The adaptive allocation runs in the FLOPs conventions only: its cost model assumes a
+# strategy's cost is linear in n, which holds for counted FLOPs, not for measured seconds
+# (batching), and seconds may be NULL or per device.
+ADAPTIVE_STRATEGIES = tuple(adaptive_strategy(name, oracle=o) for name, _ in FLOPS_CONVENTIONS
                             for o in (False, True))
 
 # Strategies that need the reference answer to choose (upper bounds, not runnable):
 # listed in accuracy_vs_flops.oracle, left out of the Pareto front, compute_optimal and
 # the held-out choices. Coverage (pass@n) picks a correct sample; the adaptive policy
 # with oracle difficulty bins bins problems by their pass@1.
-ORACLE_STRATEGIES = ("coverage", *(adaptive_strategy(name, oracle=True) for name, _ in COST_CONVENTIONS))
+ORACLE_STRATEGIES = ("coverage", *(adaptive_strategy(name, oracle=True) for name, _ in FLOPS_CONVENTIONS))
 
 
 def point_label(model: str, prm: str | None, strategy: str, aggregation: str | None, n: int) -> str:
@@ -141,6 +163,12 @@ def point_label_expr():
 def _cost_case(alias: str) -> str:
     whens = " ".join(f"WHEN '{name}' THEN {alias}.{col}" for name, col in COST_CONVENTIONS)
     return f"CASE c.convention {whens} END"
+
+
+def _measured(convention: str) -> str:
+    """SQL: is `convention` (a column) one of MEASURED_CONVENTIONS?"""
+    names = ", ".join(f"'{name}'" for name in MEASURED_CONVENTIONS)
+    return f"{convention} IN ({names})" if names else "false"
 
 
 _CONVENTION_ROWS = ", ".join(f"('{name}')" for name, _ in COST_CONVENTIONS)
@@ -210,13 +238,13 @@ ORDER BY a.dataset, a.model, a.prm NULLS FIRST, a.strategy, a.aggregation NULLS 
 
 HELD_OUT = """
 CREATE VIEW held_out AS
-SELECT dataset, convention, grid_k, at_point, min(budget) AS budget,
+SELECT dataset, convention, device, grid_k, at_point, min(budget) AS budget,
        avg(accuracy) AS accuracy, mean_se(accuracy, accuracy_se * accuracy_se) AS accuracy_se,
        avg(cost) AS flops, count(*) AS num_problems, count(DISTINCT fold) AS num_folds,
        list_sort(list(DISTINCT point)) AS choices
 FROM held_out_problems
-GROUP BY dataset, convention, grid_k, at_point
-ORDER BY dataset, convention, budget
+GROUP BY dataset, convention, device, grid_k, at_point
+ORDER BY dataset, convention, device NULLS FIRST, budget
 """
 
 # Points compare on keys rounded to 12 digits (accuracy; log10 of FLOPs), so that sums
@@ -227,11 +255,14 @@ ORDER BY dataset, convention, budget
 PARETO = f"""
 CREATE VIEW pareto AS
 WITH pts AS (
-    SELECT p.dataset, c.convention, p.point, p.model, p.prm, p.strategy, p.aggregation, p.n,
+    SELECT p.dataset, c.convention, CASE WHEN {_measured("c.convention")} THEN p.device END AS device,
+           p.point, p.model, p.prm, p.strategy, p.aggregation, p.n,
            p.accuracy, p.accuracy_se, {_cost_case("p")} AS flops,
-           p.flops_paper, p.flops_full, p.output_tokens, p.prompt_tokens
+           p.flops_paper, p.flops_full, p.seconds, p.output_tokens, p.prompt_tokens
     FROM points p CROSS JOIN (VALUES {_CONVENTION_ROWS}) AS c(convention)
-    WHERE p.headline AND NOT p.oracle
+    WHERE p.headline AND NOT p.oracle AND {_cost_case("p")} IS NOT NULL
+      -- measured costs compete per device; a point measured on several devices nowhere
+      AND (NOT {_measured("c.convention")} OR NOT coalesce(starts_with(p.device, '{MIXED}'), true))
 ), keyed AS (
     SELECT *, round(accuracy, 12) AS acc_key,
            round(log10(greatest(flops, 1e-300)), 12) AS flops_key
@@ -241,16 +272,17 @@ WITH pts AS (
     WHERE NOT EXISTS (
         SELECT 1 FROM keyed q
         WHERE q.dataset = p.dataset AND q.convention = p.convention
+          AND q.device IS NOT DISTINCT FROM p.device
           AND q.flops_key <= p.flops_key AND q.acc_key >= p.acc_key
           AND (q.flops_key < p.flops_key OR q.acc_key > p.acc_key)
     )
 ), kept AS (
     SELECT *, count(*) OVER ties AS tied FROM front
-    WINDOW ties AS (PARTITION BY dataset, convention, flops_key, acc_key)
-    QUALIFY row_number() OVER (PARTITION BY dataset, convention, flops_key, acc_key
+    WINDOW ties AS (PARTITION BY dataset, convention, device, flops_key, acc_key)
+    QUALIFY row_number() OVER (PARTITION BY dataset, convention, device, flops_key, acc_key
         ORDER BY prm NULLS FIRST, strategy, aggregation NULLS FIRST, model, n) = 1
 ), stepped AS (
-    SELECT *, lag(point) OVER (PARTITION BY dataset, convention ORDER BY flops) AS previous
+    SELECT *, lag(point) OVER (PARTITION BY dataset, convention, device ORDER BY flops) AS previous
     FROM kept
 ), step AS (
     SELECT s.dataset, s.convention, s.point, avg(paired_diff(x.accuracy, y.accuracy)) AS gain,
@@ -262,8 +294,8 @@ WITH pts AS (
                          AND y.problem_id = x.problem_id
     GROUP BY s.dataset, s.convention, s.point
 )
-SELECT s.dataset, s.convention, s.model, s.prm, s.strategy, s.aggregation, s.n, s.accuracy,
-       s.accuracy_se, s.flops, s.flops_paper, s.flops_full, s.output_tokens, s.prompt_tokens,
+SELECT s.dataset, s.convention, s.device, s.model, s.prm, s.strategy, s.aggregation, s.n, s.accuracy,
+       s.accuracy_se, s.flops, s.flops_paper, s.flops_full, s.seconds, s.output_tokens, s.prompt_tokens,
        s.tied, s.point,
        h.accuracy AS held_out_accuracy, h.accuracy_se AS held_out_se, h.flops AS held_out_flops,
        s.previous, t.gain, t.gain_se,
@@ -274,8 +306,8 @@ SELECT s.dataset, s.convention, s.model, s.prm, s.strategy, s.aggregation, s.n, 
 FROM stepped s
 LEFT JOIN step t ON t.dataset = s.dataset AND t.convention = s.convention AND t.point = s.point
 LEFT JOIN held_out h ON h.dataset = s.dataset AND h.convention = s.convention
-                    AND h.at_point = s.point
-ORDER BY s.dataset, s.convention, s.flops
+                    AND h.device IS NOT DISTINCT FROM s.device AND h.at_point = s.point
+ORDER BY s.dataset, s.convention, s.device NULLS FIRST, s.flops
 """
 
 # The best point within each budget of a log-spaced grid: the front's last point at or
@@ -284,39 +316,41 @@ ORDER BY s.dataset, s.convention, s.flops
 COMPUTE_OPTIMAL = f"""
 CREATE VIEW compute_optimal AS
 WITH grid AS (
-    SELECT dataset, convention,
+    SELECT dataset, convention, device,
            unnest(range(floor({BUDGETS_PER_DECADE} * log10(min(flops)))::BIGINT,
                         ceil({BUDGETS_PER_DECADE} * log10(max(flops)))::BIGINT + 1)) AS k
     FROM pareto WHERE flops > 0
-    GROUP BY dataset, convention
+    GROUP BY dataset, convention, device
 ), best AS (
-    SELECT g.dataset, g.convention, g.k, power(10, g.k / {BUDGETS_PER_DECADE}.0) AS budget,
+    SELECT g.dataset, g.convention, g.device, g.k, power(10, g.k / {BUDGETS_PER_DECADE}.0) AS budget,
            g.k / {BUDGETS_PER_DECADE}.0 AS log10_budget,
            f.model, f.prm, f.strategy, f.aggregation, f.n, f.accuracy, f.accuracy_se,
-           f.flops, f.flops_paper, f.flops_full, f.point
+           f.flops, f.flops_paper, f.flops_full, f.seconds, f.point
     FROM grid g
     JOIN pareto f ON f.dataset = g.dataset AND f.convention = g.convention
+                 AND f.device IS NOT DISTINCT FROM g.device
                  AND f.flops <= power(10, g.k / {BUDGETS_PER_DECADE}.0)
     QUALIFY row_number() OVER (
-        PARTITION BY g.dataset, g.convention, g.k
+        PARTITION BY g.dataset, g.convention, g.device, g.k
         ORDER BY f.accuracy DESC, f.flops, f.model, f.prm NULLS FIRST, f.strategy,
                  f.aggregation NULLS FIRST, f.n) = 1
 ), agree AS (
-    SELECT dataset, convention, grid_k, point, count(DISTINCT fold) AS folds
+    SELECT dataset, convention, device, grid_k, point, count(DISTINCT fold) AS folds
     FROM held_out_problems WHERE grid_k IS NOT NULL
-    GROUP BY dataset, convention, grid_k, point
+    GROUP BY dataset, convention, device, grid_k, point
 )
-SELECT b.dataset, b.convention, b.budget, b.log10_budget, b.model, m.params_total,
+SELECT b.dataset, b.convention, b.device, b.budget, b.log10_budget, b.model, m.params_total,
        b.prm, b.strategy, b.aggregation, b.n, b.accuracy, b.accuracy_se, b.flops,
-       b.flops_paper, b.flops_full, b.point,
+       b.flops_paper, b.flops_full, b.seconds, b.point,
        h.accuracy AS held_out_accuracy, h.accuracy_se AS held_out_se, h.flops AS held_out_flops,
        CASE WHEN h.num_folds IS NOT NULL THEN coalesce(a.folds, 0) END AS folds_agreeing,
        h.num_folds
 FROM best b LEFT JOIN {{models}} m USING (model)
 LEFT JOIN held_out h ON h.dataset = b.dataset AND h.convention = b.convention AND h.grid_k = b.k
+                    AND h.device IS NOT DISTINCT FROM b.device
 LEFT JOIN agree a ON a.dataset = b.dataset AND a.convention = b.convention AND a.grid_k = b.k
-                 AND a.point = b.point
-ORDER BY b.dataset, b.convention, b.budget
+                 AND a.device IS NOT DISTINCT FROM b.device AND a.point = b.point
+ORDER BY b.dataset, b.convention, b.device NULLS FIRST, b.budget
 """
 
 _PAIRED_BODY = f"""

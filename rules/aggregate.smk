@@ -22,6 +22,12 @@ rule aggregate:
             category="Figures",
             labels={"figure": "accuracy vs n"},
         ),
+        plot_seconds=report(
+            "results/plots/accuracy_vs_seconds.png",
+            caption="../report/accuracy_vs_seconds.rst",
+            category="Figures",
+            labels={"figure": "accuracy vs measured seconds"},
+        ),
         summary=report(
             "results/summary.md",
             caption="../report/summary.rst",
@@ -74,6 +80,7 @@ rule aggregate:
     shell:
         "python -m pipeline.aggregate --manifest {params.manifest:q} --config {params.config:q} "
         "--db {output.db} --plot {output.plot} --plot-n {output.plot_n} {params.size} "
-        "--plot-adaptive {output.plot_adaptive} --summary {output.summary} "
+        "--plot-adaptive {output.plot_adaptive} --plot-seconds {output.plot_seconds} "
+        "--summary {output.summary} "
         "--tables {output.table_curve} {output.table_pareto} {output.table_optimal} "
         "{output.table_claims} {output.table_adaptive} > {log} 2>&1"

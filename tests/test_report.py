@@ -206,7 +206,7 @@ def test_report_is_self_contained_with_figures_tables_and_summary(report):
     html = report.read_text()
     results = embedded_results(html)
     names = {Path(p).name: r for p, r in results.items()}
-    assert {"accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png", "summary.md", "pareto.html",
+    assert {"accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png", "accuracy_vs_seconds.png", "summary.md", "pareto.html",
             "compute_optimal.html", "accuracy_vs_flops.html", "claims.html", "adaptive.html"} <= set(names)
     assert "compute_optimal_size.png" not in names  # one model size: no such figure
     for r in results.values():
@@ -221,6 +221,10 @@ def test_report_is_self_contained_with_figures_tables_and_summary(report):
     assert "Pareto front" in names["accuracy_vs_flops.png"]["caption"]
     assert "probe of the first 4" in names["adaptive.png"]["caption"]
     assert "Difficulty-adaptive allocation" in summary
+    # the device is data: the caption says where it is named, the summary names it
+    assert "named in every panel's title" in names["accuracy_vs_seconds.png"]["caption"]
+    assert "### Latency: measured seconds per problem" in summary and "Measured on: **" in summary
+    assert "### Pareto front (seconds on " in summary
     # nothing fetched from elsewhere when opened
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="https?://', html)
 
@@ -235,6 +239,6 @@ def test_figures_render_in_headless_chromium(report, chromium, tmp_path):
     assert "Results" in check["menu"] or "RESULTS" in check["menu"], check["menu"]
     assert {"Figures", "Tables", "Summary"} <= set(check["categories"])
     shown = {Path(i["path"]).name: i for i in check["images"]}
-    assert {"accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png"} <= set(shown)
+    assert {"accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png", "accuracy_vs_seconds.png"} <= set(shown)
     for name, img in shown.items():
         assert img["found"] and img["width"] > 300 and img["height"] > 200, (name, img)

@@ -31,7 +31,7 @@ TWO["models"][SECOND] = {
 # model's outputs simply leave the aggregation.
 TWO.pop("search", None)
 TWO["prms"] = {k: v for k, v in TWO["prms"].items() if k == "logprob"}
-AGGREGATE_OUTPUTS = {"inference.duckdb", "accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png", "summary.md",
+AGGREGATE_OUTPUTS = {"inference.duckdb", "accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png", "accuracy_vs_seconds.png", "summary.md",
                      "accuracy_vs_flops.html", "pareto.html", "compute_optimal.html", "claims.html", "adaptive.html"}
 
 
@@ -86,7 +86,7 @@ def test_views_compare_two_model_sizes(two):
         claim = con.execute("SELECT subject, test, verdict FROM claims WHERE claim = 'small_model_optimal'").fetchall()
     assert set(sizes) == {"smollm2-135m", SECOND} and curve_models == set(sizes)
     assert 130e6 < sizes["smollm2-135m"] < 140e6 and 260e6 < sizes[SECOND] < 275e6
-    assert set(front["convention"]) == {"paper", "full"} and front.height >= 2
+    assert set(front["convention"]) == {"paper", "full", "seconds"} and front.height >= 2
     assert "coverage" not in set(front["strategy"])
     for convention in ("paper", "full"):
         o = optimal.filter(convention=convention).sort("budget")

@@ -63,6 +63,7 @@ def check_contents(con, run):
     assert row[1] == pytest.approx(2 * params * row[0])
     assert row[2] > row[1]
     assert (run / "results" / "plots" / "accuracy_vs_flops.png").stat().st_size > 10_000
+    assert (run / "results" / "plots" / "accuracy_vs_seconds.png").stat().st_size > 10_000
 
     # PRM strategies: every PRM x strategy x aggregation x n; at n = 1 both pick the
     # single sample, so they equal pass@1
@@ -107,6 +108,21 @@ def check_latency(con):
     assert point("best_of_n", 2, prm="logprob", aggregation="min") == pytest.approx(
         (work("generate", kind="sampled") + work("score", prm="logprob")) / 6 / 2)
     assert point("rebase_majority", 4) == pytest.approx(work("search", search="rebase", budget=4) / 6)
+    # the seconds convention: one front (and budget grid) per device; every stage of this
+    # run ran on this machine, so one front of the measured points, cost = seconds
+    [device] = set(runnable["device"])
+    front = pl.from_arrow(con.sql("SELECT * FROM pareto WHERE convention = 'seconds' ORDER BY flops").to_arrow_table())
+    assert front.height >= 1 and set(front["device"]) == {device}
+    assert (front["flops"] == front["seconds"]).all() and front["held_out_accuracy"].is_not_null().all()
+    assert (front["accuracy"].diff().drop_nulls() > 0).all()
+    headline = pl.from_arrow(con.sql("SELECT * FROM points WHERE headline AND NOT oracle").to_arrow_table())
+    assert front["accuracy"].max() == pytest.approx(headline["accuracy"].max())  # all measured
+    assert front["seconds"].min() == pytest.approx(headline["seconds"].min())
+    optimal = pl.from_arrow(con.sql("SELECT * FROM compute_optimal WHERE convention = 'seconds'").to_arrow_table())
+    assert optimal.height >= 1 and set(optimal["device"]) == {device}
+    assert set(optimal["point"]) <= set(front["point"])
+    assert con.execute("SELECT count(*) FROM pareto WHERE convention <> 'seconds' AND device IS NOT NULL"
+                       ).fetchall() == [(0,)]
 
     # the difficulty-adaptive allocation on 6 problems (5 folds of 2, 1, 1, 1, 1; a probe
     # of all 4 samples): degenerate, but held out on every problem at some budget
