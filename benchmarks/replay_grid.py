@@ -27,14 +27,8 @@ import numpy as np
 import polars as pl
 
 from pipeline import schemas
-from pipeline.replay import (
-    AGGREGATIONS,
-    _majority_win_prob,
-    aggregate_steps,
-    budgets,
-    replay,
-    replay_prm,
-)
+from pipeline.replay import _majority_win_prob, budgets, replay
+from pipeline.replay_prm import AGGREGATIONS, aggregate_steps, replay_prm
 
 PARAMS, PRM_PARAMS = 7_000_000_000, 7_000_000_000
 

@@ -100,7 +100,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import allocation, claims, io, latency, search, stats, views
+from pipeline import allocation, claims, latency, search, stats, views
 from pipeline.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
 )

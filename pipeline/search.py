@@ -46,7 +46,7 @@ Scores used to rank and allocate are each node's last-step score.
 
 Final answers come from the complete leaves by majority vote, best-of-N and weighted
 majority vote, the last two under each step aggregation (min, last, prod, mean: see
-`pipeline.replay.aggregate_steps`). Ties are broken uniformly at random *in
+`pipeline.replay_prm.aggregate_steps`). Ties are broken uniformly at random *in
 expectation*: `accuracy` is the chance the rule picks a correct answer.
 
 Outputs of one job (results/search/{dataset}/{model}/{prm}/{search}/{key}/{budget}/{block}.parquet):
@@ -526,7 +526,7 @@ def _pick(values: dict[Any, float], correct: dict[Any, bool], answers: dict[Any,
 
 def select(leaves: pl.DataFrame, problem_ids: list[str], aggregations: Sequence[str] | None = None) -> pl.DataFrame:
     """Per problem x selection x aggregation: chosen answer and its chance to be correct."""
-    from pipeline.replay import AGGREGATIONS, aggregate_steps
+    from pipeline.replay_prm import AGGREGATIONS, aggregate_steps
 
     aggregations = tuple(aggregations or AGGREGATIONS)
     values = {

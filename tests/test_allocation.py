@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import aggregate, allocation, difficulty, figures, knapsack, policies, replay, report, stats
+from pipeline import aggregate, allocation, difficulty, figures, knapsack, policies, replay, replay_prm, report, stats
 from pipeline.point_grid import cost_matrix, point_grid
 
 # ------------------------------------------------------------------ the knapsack
@@ -170,9 +170,9 @@ def test_conditional_accuracy_without_probe_equals_replay_estimators():
             if st == "majority":
                 expect = replay.majority_accuracy(sizes, good_class, int((cls < 0).sum()), n)
             elif st == "best_of_n":
-                expect = replay.best_of_n_accuracy(scores, ok, n)
+                expect = replay_prm.best_of_n_accuracy(scores, ok, n)
             else:
-                expect = replay.weighted_majority_accuracy(scores, cls, good, n)[0]
+                expect = replay_prm.weighted_majority_accuracy(scores, cls, good, n)[0]
             assert acc[0, j] == pytest.approx(expect, abs=1e-12), (st, n)
 
 
@@ -415,7 +415,7 @@ def synthetic_tables(seed=0, m=48, N=12, dataset="d", model="toy"):
         r1 = replay.replay(g, None, tok, params=1_000_000)
         steps = sc.select("problem_id", "sample_idx", pl.when(pl.col("scores").list.len() == 0)
                           .then(pl.lit([0.0], pl.List(pl.Float64))).otherwise(pl.col("scores")).alias("scores"))
-        r2 = replay.replay_prm(g, steps, tok, params=1_000_000, prm="v", prm_params=500_000,
+        r2 = replay_prm.replay_prm(g, steps, tok, params=1_000_000, prm="v", prm_params=500_000,
                                prm_tokens=sc.select("problem_id", "sample_idx", "prm_tokens"))
     search = r1.filter((pl.col("strategy") == "majority") & (pl.col("n") == 8)).with_columns(
         strategy=pl.lit("rebase_majority"), prm=pl.lit("v"), aggregation=pl.lit(None, pl.String),

@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 
 from pipeline import schemas
-from pipeline.replay import (
+from pipeline.replay import replay
+from pipeline.replay_prm import (
     REPLAY_PRM,
     aggregate_steps,
     best_of_n_accuracy,
     best_of_n_curve,
-    replay,
     replay_prm,
     weighted_majority_accuracy,
 )
