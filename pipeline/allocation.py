@@ -100,7 +100,7 @@ from pipeline.difficulty import (
     probe_features,
     sample_arrays,
 )
-from pipeline.point_grid import CONVENTIONS, TOKEN_COLUMNS, cost_matrix, point_grid
+from pipeline.point_grid import CARRIED_COLUMNS, CONVENTIONS, cost_matrix, point_grid
 from pipeline.policies import (
     CrossFit,
     Difficulty,
@@ -187,7 +187,7 @@ def replay_schema(conventions: Mapping[str, str] = CONVENTIONS) -> dict:
     """The `replay` columns (pipeline.aggregate.REPLAY_COLUMNS) of the adaptive rows."""
     return {"dataset": pl.String, "model": pl.String, "prm": pl.String, "aggregation": pl.String,
             "problem_id": pl.String, "strategy": pl.String, "n": pl.Int32, "accuracy": pl.Float64,
-            "accuracy_se": pl.Float64, **{c: pl.Float64 for c in TOKEN_COLUMNS},
+            "accuracy_se": pl.Float64, **{c: pl.Float64 for c in CARRIED_COLUMNS},
             **{c: pl.Float64 for c in conventions.values()}}
 
 
@@ -197,7 +197,7 @@ def problems_schema(conventions: Mapping[str, str] = CONVENTIONS) -> dict:
         "convention": pl.String, "budget": pl.Float64, "point": pl.String, "problem_id": pl.String,
         "fold": pl.Int32, "bin": pl.Int32, "choice": pl.String, "accuracy": pl.Float64,
         "accuracy_se": pl.Float64, "cost": pl.Float64,
-        **{col: pl.Float64 for col in [*conventions.values(), *TOKEN_COLUMNS]},
+        **{col: pl.Float64 for col in [*conventions.values(), *CARRIED_COLUMNS]},
     }
 
 
@@ -378,7 +378,8 @@ def _frame(parts: list[pl.DataFrame], schema: Mapping) -> pl.DataFrame:
     if not parts:
         return pl.DataFrame(schema=schema)
     df = pl.concat(parts, how="diagonal_relaxed")
-    return df.select([pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c) for c, t in schema.items()])
+    df = df.select([pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c) for c, t in schema.items()])
+    return df.with_columns(pl.col(pl.Float64).fill_nan(None))  # NULL where unmeasured (seconds), not NaN
 
 
 def _compare(cf: CrossFit, cf_se: np.ndarray, fixed: CrossFit, fixed_se: np.ndarray, mix: tuple, t: int,

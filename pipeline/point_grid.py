@@ -17,7 +17,8 @@ weighted_majority at n) reuses the k probe samples: it costs max(n, k) samples' 
 the policy (per-sample cost = the problem's majority cost at n, divided by n: replay
 costs are linear in n) plus its PRM scoring; the probe's PRM scores are charged once
 (nothing in the paper convention) and a point using the probe's PRM does not pay for
-them again. Any other point (greedy decoding; tree search, "<search>_<rule>" with n =
+them again. Measured seconds (pipeline.latency) are carried the same way, so an adaptive
+policy chosen in FLOPs also has its measured seconds per problem (NaN where a point has none). Any other point (greedy decoding; tree search, "<search>_<rule>" with n =
 its budget) is a run of its own: probe + its replay cost. (A fixed strategy pays no
 probe: its cost is the grid's.)
 """
@@ -38,6 +39,9 @@ from pipeline import views
 SAMPLING_STRATEGIES = ("majority", "best_of_n", "weighted_majority")
 CONVENTIONS = dict(views.FLOPS_CONVENTIONS)  # views.ADAPTIVE_STRATEGIES says why
 TOKEN_COLUMNS = ("output_tokens", "prompt_tokens")  # carried like costs (linear in n too)
+# Carried like costs too, never allocated over: measured seconds per problem (n/N of the
+# cache's work for sampling points, so linear in n as well; pipeline.latency).
+CARRIED_COLUMNS = (*TOKEN_COLUMNS, "seconds")
 
 
 def choice_label(strategy: str, prm: str | None, aggregation: str | None, n: int) -> str:
@@ -113,7 +117,7 @@ def point_grid(replay: pl.DataFrame, problems: Sequence[str], *,
         out[i, j] = rows[col].cast(pl.Float64).to_numpy()
         return out
 
-    columns = {**conventions, **{c: c for c in TOKEN_COLUMNS if c in rows.columns}}
+    columns = {**conventions, **{c: c for c in CARRIED_COLUMNS if c in rows.columns}}
     return Grid(list(problems), points, matrix("accuracy"), matrix("accuracy_se"),
                 {name: matrix(col) for name, col in columns.items()})
 
