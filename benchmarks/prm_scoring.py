@@ -1,0 +1,107 @@
+"""PRM scoring with prefix reuse vs the plain path, side by side on the same cached samples.
+
+    python benchmarks/prm_scoring.py [--config config/config.yaml] [--prm value-head]
+        [--samples 512] [--batch-size 32] [--rounds 2] [--dtype bfloat16]
+
+Needs a finished workflow run of the config (the embedded model in results/models, the
+sampled cache in results/samples and, for a value-head PRM, its head in results/prms).
+Scores the first `--samples` samples (with steps) of the config's first dataset and
+model with the PRM twice per round: the plain path (`reuse_prefix=False`: one padded
+forward pass per sample, samples sorted by length, the path of the score stage before
+prefix reuse) and prefix reuse (pipeline/prm/prefix.py: a radix tree of token ids, each
+distinct token prefix computed once on the KV cache of the prefix before it). Rounds
+alternate the order. Prints, for each path, tokens/s, their ratio (goal: >= 2) and the
+largest absolute difference between the two paths' step scores (goal: <= 1e-3 in
+bfloat16, <= 1e-5 in float32).
+
+Tokens: the tokens of the sequence each sample is scored on (the PRM's `prm_tokens`:
+the PRM's prompt plus the solution up to its last step end), the same count for both
+paths; prefix reuse computes fewer of them, which is the point (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import yaml
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--prm", default=None, help="a key of the config's prms (default: the first)")
+    ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=32, help="samples (segments) per forward pass, both paths")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dtype", default=None, help="override the PRM's dtype option (bfloat16, float32)")
+    a = ap.parse_args()
+
+    import polars as pl
+
+    from pipeline import models, plan, score
+
+    config = yaml.safe_load(Path(a.config).read_text())
+    dataset = next(iter(config["datasets"]))
+    model = next(iter(config["models"]))
+    cache = plan.find(plan.caches(config), dataset=dataset, model=model, kind="sampled")
+    folder = Path("results/samples") / dataset / model / cache.key
+    shards = [str(folder / f"{s}.parquet") for s in cache.shards if (folder / f"{s}.parquet").is_file()]
+    if not shards:
+        raise SystemExit(f"no sample shards of {dataset}/{model} under results/samples: run the workflow first")
+    samples = (pl.concat([pl.read_parquet(f) for f in shards]).filter(pl.col("step_ends").list.len() > 0)
+               .sort("problem_id", "sample_idx").head(a.samples))
+    problems = pl.read_parquet(f"results/problems/{dataset}.parquet")
+    questions = dict(zip(problems["problem_id"], problems["question"]))
+    prm_name = a.prm or next(iter(config["prms"]))
+    spec = config["prms"][prm_name]
+    if a.dtype:
+        spec = {**spec, "options": {**spec.get("options", {}), "dtype": a.dtype}}
+    head = f"results/prms/{model}/{prm_name}" if spec["format"] == "value-head" else None
+    prm = score.open_prm(spec, policy_dir=models.model_dir_of(f"results/models/{model}/info.json"), head_dir=head)
+    args = ([questions[p] for p in samples["problem_id"]], samples["text"].to_list(),
+            [list(e) for e in samples["step_ends"]])
+    print(f"{prm_name} ({spec['format']}, dtype {next(prm.model.parameters()).dtype}) on {samples.height} samples "
+          f"of {samples['problem_id'].n_unique()} problems ({', '.join(shards)}), batch size {a.batch_size}")
+
+    warm = tuple(x[:8] for x in args)
+    prm.score(*warm, batch_size=a.batch_size, reuse_prefix=False)
+    prm.score(*warm, batch_size=a.batch_size)
+
+    def plain():
+        return prm.score(*args, batch_size=a.batch_size, reuse_prefix=False), None
+
+    def reuse():
+        tree = prm.prefix_tree()
+        return prm.score(*args, batch_size=a.batch_size, tree=tree), tree.computed_tokens
+
+    totals = {"plain": [0, 0.0], "reuse": [0, 0.0]}
+    got: dict[str, list] = {}
+    computed = 0
+    for r in range(a.rounds):
+        order = (("plain", plain), ("reuse", reuse)) if r % 2 == 0 else (("reuse", reuse), ("plain", plain))
+        for name, fn in order:
+            t = time.perf_counter()
+            (scores, tokens), done = fn()
+            dt = time.perf_counter() - t
+            n = sum(tokens)
+            totals[name][0] += n
+            totals[name][1] += dt
+            got[name] = scores
+            computed = done if done is not None else computed
+            print(f"round {r} {name:5s}: {n} tokens in {dt:.1f} s = {n / dt:.0f} tokens/s", flush=True)
+    diff = max(abs(x - y) for ra, rb in zip(got["plain"], got["reuse"], strict=True)
+               for x, y in zip(ra, rb, strict=True))
+    plain_tps = totals["plain"][0] / totals["plain"][1]
+    reuse_tps = totals["reuse"][0] / totals["reuse"][1]
+    scored = totals["plain"][0] // a.rounds
+    print(f"plain path:   {plain_tps:.0f} tokens/s")
+    print(f"prefix reuse: {reuse_tps:.0f} tokens/s (computes {computed} of the {scored} tokens, "
+          f"{computed / scored:.2f})")
+    print(f"ratio prefix reuse / plain: {reuse_tps / plain_tps:.2f}")
+    print(f"max abs score difference: {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
