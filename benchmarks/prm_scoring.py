@@ -1,18 +1,21 @@
 """PRM scoring with prefix reuse vs the plain path, side by side on the same cached samples.
 
     python benchmarks/prm_scoring.py [--config config/config.yaml] [--prm value-head]
-        [--samples 512] [--batch-size 32] [--rounds 2] [--dtype bfloat16]
+        [--shards 1] [--samples 512] [--batch-size 32] [--rounds 2] [--dtype bfloat16]
 
 Needs a finished workflow run of the config (the embedded model in results/models, the
 sampled cache in results/samples and, for a value-head PRM, its head in results/prms).
-Scores the first `--samples` samples (with steps) of the config's first dataset and
-model with the PRM twice per round: the plain path (`reuse_prefix=False`: one padded
+Scores the first `--samples` samples (with steps) of the first `--shards` sample shards
+of the config's first dataset and model (one shard: what one score job reads) with the
+PRM (a key of the config's prms, or `logprob`) twice per round: the plain path (`reuse_prefix=False`: one padded
 forward pass per sample, samples sorted by length, the path of the score stage before
 prefix reuse) and prefix reuse (pipeline/prm/prefix.py: a radix tree of token ids, each
 distinct token prefix computed once on the KV cache of the prefix before it). Rounds
 alternate the order. Prints, for each path, tokens/s, their ratio (goal: >= 2) and the
 largest absolute difference between the two paths' step scores (goal: <= 1e-3 in
-bfloat16, <= 1e-5 in float32).
+bfloat16, <= 1e-5 in float32), next to the plain path's difference from itself when
+each of the first `--floor-samples` samples is scored alone (batch size 1): the float
+rounding that batching alone causes, the floor under any change of computation order.
 
 Tokens: the tokens of the sequence each sample is scored on (the PRM's `prm_tokens`:
 the PRM's prompt plus the solution up to its last step end), the same count for both
@@ -32,10 +35,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--prm", default=None, help="a key of the config's prms (default: the first)")
+    ap.add_argument("--shards", type=int, default=1, help="sample shards pooled (default: one, as a score job)")
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32, help="samples (segments) per forward pass, both paths")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dtype", default=None, help="override the PRM's dtype option (bfloat16, float32)")
+    ap.add_argument("--floor-samples", type=int, default=64, help="samples scored alone for the rounding floor")
     a = ap.parse_args()
 
     import polars as pl
@@ -50,12 +55,13 @@ def main() -> None:
     shards = [str(folder / f"{s}.parquet") for s in cache.shards if (folder / f"{s}.parquet").is_file()]
     if not shards:
         raise SystemExit(f"no sample shards of {dataset}/{model} under results/samples: run the workflow first")
+    shards = shards[:a.shards]
     samples = (pl.concat([pl.read_parquet(f) for f in shards]).filter(pl.col("step_ends").list.len() > 0)
                .sort("problem_id", "sample_idx").head(a.samples))
     problems = pl.read_parquet(f"results/problems/{dataset}.parquet")
     questions = dict(zip(problems["problem_id"], problems["question"]))
     prm_name = a.prm or next(iter(config["prms"]))
-    spec = config["prms"][prm_name]
+    spec = config["prms"].get(prm_name) or {"format": prm_name, "options": {"dtype": "bfloat16"}}
     if a.dtype:
         spec = {**spec, "options": {**spec.get("options", {}), "dtype": a.dtype}}
     head = f"results/prms/{model}/{prm_name}" if spec["format"] == "value-head" else None
@@ -91,8 +97,12 @@ def main() -> None:
             got[name] = scores
             computed = done if done is not None else computed
             print(f"round {r} {name:5s}: {n} tokens in {dt:.1f} s = {n / dt:.0f} tokens/s", flush=True)
-    diff = max(abs(x - y) for ra, rb in zip(got["plain"], got["reuse"], strict=True)
-               for x, y in zip(ra, rb, strict=True))
+    def max_diff(a, b):
+        return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+    diff = max_diff(got["plain"], got["reuse"])
+    k = min(a.floor_samples, samples.height)
+    alone = prm.score(*(x[:k] for x in args), batch_size=1, reuse_prefix=False)[0]
     plain_tps = totals["plain"][0] / totals["plain"][1]
     reuse_tps = totals["reuse"][0] / totals["reuse"][1]
     scored = totals["plain"][0] // a.rounds
@@ -100,7 +110,9 @@ def main() -> None:
     print(f"prefix reuse: {reuse_tps:.0f} tokens/s (computes {computed} of the {scored} tokens, "
           f"{computed / scored:.2f})")
     print(f"ratio prefix reuse / plain: {reuse_tps / plain_tps:.2f}")
-    print(f"max abs score difference: {diff:.2e}")
+    print(f"max abs score difference, prefix reuse vs plain: {diff:.2e}")
+    print(f"max abs score difference, plain batch {a.batch_size} vs plain alone (first {k} samples): "
+          f"{max_diff(got['plain'][:k], alone):.2e} (prefix reuse vs plain alone: {max_diff(got['reuse'][:k], alone):.2e})")
 
 
 if __name__ == "__main__":

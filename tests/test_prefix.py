@@ -91,8 +91,7 @@ def close(a, b, tol=1e-5):
         assert x == pytest.approx(y, abs=tol)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("batch_size", [1, 3, 16])
+@pytest.mark.parametrize("fmt,batch_size", [(f, 3) for f in FORMATS] + [("value-head", 1), ("logprob", 16)])
 def test_prefix_reuse_equals_plain_path(prms, fmt, batch_size):
     prm = prms[fmt]
     q, t, e = samples()
@@ -223,3 +222,23 @@ def test_search_scores_equal_scoring_whole_paths(prms, algorithm):
         close(leaf.scores, p)
     # children were computed on their parents' cached paths: far fewer tokens than read
     assert s.scorer.tree.computed_tokens < sum(t.prm_tokens for t in trees)
+
+
+def test_sliding_window_model(tmp_path):
+    # a window shorter than the texts: left padding of cached prefixes keeps distances
+    torch.manual_seed(0)
+    config = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, sliding_window=5,
+                                        max_position_embeddings=256, pad_token_id=1)
+    transformers.MistralForCausalLM(config).save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    prm = prm_pkg.load("logprob", str(tmp_path), device="cpu")
+    q, t, e = samples()
+    plain, _ = prm.score(q, t, e, batch_size=3, reuse_prefix=False)
+    session = prm.session()
+    session.score(q[:3], t[:3], e[:3])
+    for a, b in zip(session.score(q, t, e, batch_size=2)[0], plain):
+        close(a, b)
+    # the window matters: a window of 5 scores differently from full attention
+    prm.model.config.sliding_window = 256
+    assert prm.score(q, t, e, reuse_prefix=False)[0] != plain

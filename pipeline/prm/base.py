@@ -296,12 +296,14 @@ class HFPRM(PRM):
         if parts is None:
             return None
         body, head = parts
-        config = getattr(body, "config", None)
 
         def run(input_ids, attention_mask, position_ids, past):
             from transformers import DynamicCache
 
-            cache = DynamicCache(ddp_cache_data=past, config=config)
+            # plain full-length layers (no config): a sliding-window layer would crop
+            # the cache; the model's masks apply any window, on distances that left
+            # padding of the past leaves unchanged
+            cache = DynamicCache(ddp_cache_data=past)
             out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                        past_key_values=cache, use_cache=True)
             return out.last_hidden_state, out.past_key_values

@@ -187,7 +187,7 @@ class PrefixTree:
             if b is None:
                 break
             k = _common(sequences[a], sequences[b], 0)
-            if current and shared + k > self.max_tokens:
+            if shared + k > self.max_tokens:
                 chunks.append(current)
                 current, shared = [], 0
             else:
