@@ -319,8 +319,10 @@ class HFPRM(PRM):
         if tree is None and reuse_prefix:
             tree = self.prefix_tree()
         if tree is None:
-            step = lambda input_ids, attention_mask, rows: [  # noqa: E731
-                fn(out, r, item) for out in [self.forward(input_ids, attention_mask)] for r, item in enumerate(rows)]
+            def step(input_ids, attention_mask, rows):
+                out = self.forward(input_ids, attention_mask)
+                return [fn(out, r, item) for r, item in enumerate(rows)]
+
             return run_batches(items, int(batch_size), pad_id(self.tokenizer), self.device, step)
         return tree.run([item.input_ids for item in items], int(batch_size),
                         lambda out, i: fn(out[None], 0, items[i]))
