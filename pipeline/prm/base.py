@@ -38,7 +38,7 @@ from pipeline.progress import progress
 
 
 class PRM(abc.ABC):
-    """A process reward model: one score per step, from one forward pass per sample.
+    """A process reward model: one score per step, read from one pass over each sample.
 
     name            the model (hub id, directory or head directory)
     format          the registry key it was loaded under

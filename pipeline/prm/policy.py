@@ -1,7 +1,7 @@
 """PRMs read off the POLICY model itself (no separate reward model).
 
 Both encode a sample as `prompt_template` (default "Question: {question}\\nAnswer:\\n")
-followed by the solution up to its last step end, one forward pass per sample, and pin
+followed by the solution up to its last step end, read in one pass per sample, and pin
 step k to the last token ending at or before its end (positions.step_token_positions).
 
 Why a short context rather than the few-shot prompt the solution was sampled with: the
