@@ -9,7 +9,7 @@ rule train_value_head:
         directory("results/prms/{model}/{trained}"),
     params:
         spec=get_prm_spec,
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=8000,
@@ -34,7 +34,7 @@ rule score:
     params:
         spec=get_prm_spec,
         head=get_head_arg,
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         prm_batch_size=get_prm_batch_size,
