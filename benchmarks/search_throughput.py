@@ -1,7 +1,7 @@
 """REBASE vs plain sampling: policy tokens per second, side by side, one engine.
 
     python benchmarks/search_throughput.py [--config config/config.yaml] [--problems 32]
-        [--budget 8] [--rounds 2] [--prm value-head] [--plain-prm]
+        [--budget 8] [--rounds 2] [--prm value-head] [--dtype float32] [--plain-prm]
 
 Needs a finished workflow run of the config (the embedded model in results/models and,
 for a value-head PRM, its head in results/prms). Plain sampling draws `budget` samples
@@ -12,13 +12,17 @@ REBASE, tokens/s over its whole wall time (generation + PRM scoring + bookkeepin
 its generation time alone, and the PRM's share, and the ratios to sampling (goal: whole
 >= 0.5). REBASE scores each child from its parent's cached path (a PRM session,
 pipeline/prm/prefix.py); `--plain-prm` adds a third run whose PRM scores every child's
-whole path from scratch (the path before prefix reuse), for comparison.
+whole path from scratch (the path before prefix reuse), for comparison. `--dtype`
+overrides the PRM's dtype option. Also prints the load average (the machine may be
+shared) and the torch threads the PRM runs with once vLLM has started (in-process vLLM
+sets them for the whole process).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -75,7 +79,10 @@ def main() -> None:
     ap.add_argument("--prm-batch-size", type=int, help="PRM batch size (default: the PRM's batch_size, else 32 "
                                                        "as in the workflow)")
     ap.add_argument("--plain-prm", action="store_true", help="also run REBASE with the PRM's plain path")
+    ap.add_argument("--dtype", help="override the PRM's dtype option (bfloat16, float32)")
     a = ap.parse_args()
+
+    import torch
 
     from pipeline import datasets, generate, models, plan, prompts, score, search
 
@@ -87,6 +94,8 @@ def main() -> None:
     model_dir = models.model_dir_of(f"results/models/{model}/info.json")
     prm_name = a.prm or next(iter(config["prms"]))
     spec = config["prms"][prm_name]
+    if a.dtype:
+        spec = {**spec, "options": {**spec.get("options", {}), "dtype": a.dtype}}
     head = f"results/prms/{model}/{prm_name}" if spec["format"] == "value-head" else None
     prm = score.open_prm(spec, policy_dir=model_dir, head_dir=head)
 
@@ -100,6 +109,8 @@ def main() -> None:
     questions = problems["question"].to_list()
     sampling = {**cache.sampling}
     llm.generate(texts[:4], generate.sampling_params(sampling, n=2, stop=stop))  # warm-up
+    print(f"PRM {prm_name}, dtype {next(prm.model.parameters()).dtype}, {torch.get_num_threads()} torch threads; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
     def sample() -> tuple[int, float, float]:
         df = generate.sample(llm, problems, prompt=cache.prompt, sampling=sampling, sample_range=(0, a.budget))
@@ -131,12 +142,15 @@ def main() -> None:
             print(f"round {r} {name:16s}: {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s"
                   + (f" (generation {gen_s:.1f} s, PRM {prm_s:.1f} s)" if gen_s else ""), flush=True)
     s_tps = totals["sampling"][0] / totals["sampling"][1]
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"sampling: {s_tps:.1f} tokens/s")
     for name, _ in runs[1:]:
         tokens, whole, gen, prm_s = totals[name]
         print(f"{name} (width {a.budget}, PRM {prm_name}): {tokens / whole:.1f} tokens/s whole, "
               f"{tokens / gen:.1f} tokens/s generation alone, PRM {prm_s / whole:.0%} of the time")
-        print(f"ratio {name}/sampling: {tokens / whole / s_tps:.3f} whole, {tokens / gen / s_tps:.3f} generation alone")
+        ratio = tokens / whole / s_tps
+        print(f"ratio {name}/sampling: {ratio:.3f} whole (goal >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'}), "
+              f"{tokens / gen / s_tps:.3f} generation alone")
 
 
 if __name__ == "__main__":  # vLLM's spawned workers re-import the main module

@@ -20,7 +20,7 @@ SPECIALS = ("ки", "<extra_0>", "<|im_start|>", "<|im_end|>")
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 FORMATS = ["math-shepherd", "qwen-prm", "llemma-prm", "value-head", "logprob"]
-KIND = {"math-shepherd": "causal", "qwen-prm": "cls", "llemma-prm": "cls", "value-head": "causal", "logprob": "causal"}
+KIND = {"math-shepherd": "causal", "qwen-prm": "cls", "llemma-prm": "causal", "value-head": "causal", "logprob": "causal"}
 
 Q = "x = 2 add 3"
 STEPS = ["step one x = 2 .", "step two add 3 to get 5 .", "the answer is 5 ."]
@@ -178,13 +178,17 @@ def test_chunks_bound_what_one_call_caches(prms):
         close(a, b)
 
 
-def test_bfloat16_within_tolerance(tmp_path):
-    prm = prm_pkg.load("logprob", make_dir(tmp_path / "m", "causal"), device="cpu", dtype="bfloat16")
+@pytest.mark.parametrize("fmt", ["logprob", "math-shepherd", "llemma-prm"])
+def test_bfloat16_within_tolerance(tmp_path, fmt):
+    # the issue's bfloat16 tolerance. Not the value head: its standardised weights
+    # amplify the rounding of the hidden state, so in bfloat16 its scores move with the
+    # batch a sample is computed in on either path (benchmarks/prm_scoring.py measures it)
+    prm = prm_pkg.load(fmt, make_dir(tmp_path / "m", "causal"), device="cpu", dtype="bfloat16")
     q, t, e = samples()
     plain, _ = prm.score(q, t, e, batch_size=4, reuse_prefix=False)
     reused, _ = prm.score(q, t, e, batch_size=4)
     for a, b in zip(reused, plain):
-        close(a, b, tol=1e-2)
+        close(a, b, tol=1e-3)
 
 
 class Steps:
@@ -221,6 +225,33 @@ def test_search_scores_equal_scoring_whole_paths(prms, algorithm):
     for leaf, p in zip(leaves, plain):
         close(leaf.scores, p)
     # children were computed on their parents' cached paths: far fewer tokens than read
+    assert s.scorer.tree.computed_tokens < sum(t.prm_tokens for t in trees)
+
+
+class RawChunks:
+    """Raw steps (a `step_stop` search): chunks that end in "." and begin with "\n", so
+    a child's text tokenizes ".\n" as one token where its parent's ended in "."."""
+
+    CHUNKS = ["step one x = 2 .", "\nstep two add 3 to get 5 .", "\nso we have it .", "\nthe answer is 5 ."]
+
+    def expand(self, contexts, counts, max_tokens, stops=None):
+        assert stops is not None  # raw steps: the Searcher passes each request's stops
+        return [[search.Step(self.CHUNKS[(len(ctx) + j) % len(self.CHUNKS)], 5, len(ctx), "step")
+                 for j in range(k)] for ctx, k in zip(contexts, counts)]
+
+
+def test_raw_step_search_scores_equal_scoring_whole_paths(prms):
+    prm = prms["value-head"]
+    s = search.Searcher(RawChunks(), prm, [Q], ["Q0:"], stop=(), batch_size=4,
+                        limits=search.Limits(max_depth=4, max_step_tokens=8, max_tokens=100, step_stop="Step {depth+2}"))
+    trees = search.rebase(s, 4)
+    leaves = trees[0].leaves
+    assert any(leaf.depth > 1 for leaf in leaves)
+    plain, _ = prm.score([Q] * len(leaves), [leaf.text for leaf in leaves], [leaf.step_ends() for leaf in leaves],
+                         reuse_prefix=False)
+    for leaf, p in zip(leaves, plain):
+        assert len(leaf.scores) == leaf.depth
+        close(leaf.scores, p)
     assert s.scorer.tree.computed_tokens < sum(t.prm_tokens for t in trees)
 
 

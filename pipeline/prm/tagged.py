@@ -246,6 +246,9 @@ class LlemmaPRM(TaggedPRM):
     def forward(self, input_ids, attention_mask):
         return last_hidden_state(self.model, input_ids, attention_mask)
 
+    def split_forward(self):
+        return split_body(self.model)
+
     def read(self, out, row, item):
         hidden = out[row, item.positions].float()
         return (hidden @ self.row_mean + self.bias_mean).sigmoid()
