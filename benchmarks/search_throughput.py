@@ -1,25 +1,56 @@
 """REBASE vs plain sampling: policy tokens per second, side by side, one engine.
 
     python benchmarks/search_throughput.py [--config config/config.yaml] [--problems 32]
-        [--budget 8] [--rounds 2] [--prm value-head]
+        [--budget 8] [--rounds 2] [--prm value-head] [--dtype float32] [--plain-prm]
 
 Needs a finished workflow run of the config (the embedded model in results/models and,
 for a value-head PRM, its head in results/prms). Plain sampling draws `budget` samples
 per problem in one `generate` call; REBASE searches the same problems with width
 `budget` (one generate call per depth over all problems, one PRM call per depth).
 Rounds alternate the order and reset the prefix cache before each run. Prints, for
-REBASE, tokens/s over its whole wall time (generation + PRM scoring + bookkeeping) and
-over its generation time alone, and the ratios to sampling (goal: whole >= 0.5).
+REBASE, tokens/s over its whole wall time (generation + PRM scoring + bookkeeping), over
+its generation time alone, and the PRM's share, and the ratios to sampling (goal: whole
+>= 0.5). REBASE scores each child from its parent's cached path (a PRM session,
+pipeline/prm/prefix.py); `--plain-prm` adds a third run whose PRM scores every child's
+whole path from scratch (the path before prefix reuse), for comparison. `--dtype`
+overrides the PRM's dtype option. Also prints the load average (the machine may be
+shared) and the torch threads the PRM runs with once vLLM has started (in-process vLLM
+sets them for the whole process).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import yaml
+
+
+class PlainPRM:
+    """The PRM without prefix reuse: every call scores each whole text from scratch."""
+
+    def __init__(self, prm):
+        self.prm, self.name, self.num_parameters = prm, prm.name, prm.num_parameters
+
+    def score(self, questions, texts, step_ends, *, batch_size=8):
+        return self.prm.score(questions, texts, step_ends, batch_size=batch_size, reuse_prefix=False)
+
+
+class TimedPRM:
+    """A PRM (or session) that keeps the time spent inside `score`."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds = inner, 0.0
+        self.name, self.num_parameters = inner.name, inner.num_parameters
+
+    def score(self, *args, **kwargs):
+        t = time.perf_counter()
+        out = self.inner.score(*args, **kwargs)
+        self.seconds += time.perf_counter() - t
+        return out
 
 
 class Timed:
@@ -45,7 +76,13 @@ def main() -> None:
     ap.add_argument("--prm", default=None, help="a key of the config's prms (default: the first)")
     ap.add_argument("--temperature", type=float, default=0.2, help="REBASE softmax temperature")
     ap.add_argument("--block-size", type=int, help="KV cache block size (default: the search stage's)")
+    ap.add_argument("--prm-batch-size", type=int, help="PRM batch size (default: the PRM's batch_size, else 32 "
+                                                       "as in the workflow)")
+    ap.add_argument("--plain-prm", action="store_true", help="also run REBASE with the PRM's plain path")
+    ap.add_argument("--dtype", help="override the PRM's dtype option (bfloat16, float32)")
     a = ap.parse_args()
+
+    import torch
 
     from pipeline import datasets, generate, models, plan, prompts, score, search
 
@@ -57,6 +94,8 @@ def main() -> None:
     model_dir = models.model_dir_of(f"results/models/{model}/info.json")
     prm_name = a.prm or next(iter(config["prms"]))
     spec = config["prms"][prm_name]
+    if a.dtype:
+        spec = {**spec, "options": {**spec.get("options", {}), "dtype": a.dtype}}
     head = f"results/prms/{model}/{prm_name}" if spec["format"] == "value-head" else None
     prm = score.open_prm(spec, policy_dir=model_dir, head_dir=head)
 
@@ -70,41 +109,48 @@ def main() -> None:
     questions = problems["question"].to_list()
     sampling = {**cache.sampling}
     llm.generate(texts[:4], generate.sampling_params(sampling, n=2, stop=stop))  # warm-up
+    print(f"PRM {prm_name}, dtype {next(prm.model.parameters()).dtype}, {torch.get_num_threads()} torch threads; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    def sample() -> tuple[int, float]:
+    def sample() -> tuple[int, float, float]:
         df = generate.sample(llm, problems, prompt=cache.prompt, sampling=sampling, sample_range=(0, a.budget))
-        return int(df["output_tokens"].sum()), 0.0
+        return int(df["output_tokens"].sum()), 0.0, 0.0
 
-    def rebase() -> tuple[int, float]:
+    def rebase(plain: bool = False) -> tuple[int, float, float]:
         gen = Timed(search.VLLMGenerator(llm, temperature=sampling["temperature"], top_p=sampling["top_p"],
                                          stop=stop))
-        s = search.Searcher(gen, prm, questions, texts, stop=stop,
+        scorer = TimedPRM(PlainPRM(prm) if plain else prm.session())
+        s = search.Searcher(gen, scorer, questions, texts, stop=stop,
                             limits=search.Limits(max_tokens=sampling["max_tokens"]),
-                            batch_size=spec.get("batch_size", 8))
+                            batch_size=a.prm_batch_size or spec.get("batch_size", 32))
         trees = search.rebase(s, a.budget, temperature=a.temperature)
         assert gen.tokens == sum(t.output_tokens for t in trees)
-        return gen.tokens, gen.seconds
+        return gen.tokens, gen.seconds, scorer.seconds
 
-    totals = {"sampling": [0, 0.0, 0.0], "rebase": [0, 0.0, 0.0]}
+    runs = [("sampling", sample), ("rebase", rebase)]
+    if a.plain_prm:
+        runs.append(("rebase-plain-prm", lambda: rebase(plain=True)))
+    totals = {name: [0, 0.0, 0.0, 0.0] for name, _ in runs}
     for r in range(a.rounds):
-        order = (("sampling", sample), ("rebase", rebase)) if r % 2 == 0 else (("rebase", rebase), ("sampling", sample))
-        for name, fn in order:
+        for name, fn in (runs if r % 2 == 0 else runs[::-1]):
             llm.reset_prefix_cache()
             t = time.perf_counter()
-            tokens, gen_s = fn()
+            tokens, gen_s, prm_s = fn()
             dt = time.perf_counter() - t
-            totals[name][0] += tokens
-            totals[name][1] += dt
-            totals[name][2] += gen_s or dt
-            print(f"round {r} {name:8s}: {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s"
-                  + (f" (generation alone {gen_s:.1f} s = {tokens / gen_s:.1f} tokens/s)" if gen_s else ""),
-                  flush=True)
+            for k, v in enumerate((tokens, dt, gen_s or dt, prm_s)):
+                totals[name][k] += v
+            print(f"round {r} {name:16s}: {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s"
+                  + (f" (generation {gen_s:.1f} s, PRM {prm_s:.1f} s)" if gen_s else ""), flush=True)
     s_tps = totals["sampling"][0] / totals["sampling"][1]
-    r_tps = totals["rebase"][0] / totals["rebase"][1]
-    r_gen = totals["rebase"][0] / totals["rebase"][2]
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"sampling: {s_tps:.1f} tokens/s")
-    print(f"rebase (width {a.budget}, PRM {prm_name}): {r_tps:.1f} tokens/s whole, {r_gen:.1f} tokens/s generation alone")
-    print(f"ratio rebase/sampling: {r_tps / s_tps:.3f} whole, {r_gen / s_tps:.3f} generation alone")
+    for name, _ in runs[1:]:
+        tokens, whole, gen, prm_s = totals[name]
+        print(f"{name} (width {a.budget}, PRM {prm_name}): {tokens / whole:.1f} tokens/s whole, "
+              f"{tokens / gen:.1f} tokens/s generation alone, PRM {prm_s / whole:.0%} of the time")
+        ratio = tokens / whole / s_tps
+        print(f"ratio {name}/sampling: {ratio:.3f} whole (goal >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'}), "
+              f"{tokens / gen / s_tps:.3f} generation alone")
 
 
 if __name__ == "__main__":  # vLLM's spawned workers re-import the main module

@@ -14,7 +14,10 @@ Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row pe
     sample_idx   int32
     scores       list[float64]  one score per step, in step order; empty for a sample
                                 without steps (an empty generation: no answer, never correct)
-    prm_tokens   int32          tokens the PRM read for this sample (0 when not scored)
+    prm_tokens   int32          tokens the PRM read for this sample (0 when not scored):
+                                every token of the scored text, although prefix reuse
+                                computes a prefix shared with other samples once (no
+                                credit for sharing, as `flops_full` charges prompts)
     prm          str            PRM name in config
     prm_params   int64          parameters of the PRM's forward pass (FLOPs)
 Each score shard carries its timing record (`pipeline.timing`: PRM load and scoring
@@ -121,7 +124,8 @@ def score_samples(
     scorer, name: str, samples: pl.DataFrame, problems: pl.DataFrame, *, batch_size: int = 8,
     where: str = "samples",
 ) -> pl.DataFrame:
-    """SCORES rows for `samples` (SAMPLES rows) with one forward pass per sample."""
+    """SCORES rows for `samples` (SAMPLES rows), each distinct token prefix computed
+    once (pipeline/prm/prefix.py)."""
     check_samples(samples, problems, where)
     questions = dict(zip(problems["problem_id"], problems["question"]))
     has_steps = samples["step_ends"].list.len() > 0

@@ -4,7 +4,10 @@ A *step* is one generation of at most `max_step_tokens` tokens; a *node* is a pa
 solution (the steps so far) with the PRM's score of every step. Every round of every
 algorithm is ONE `Generator.expand` call over the nodes of all problems (vLLM batches
 them, and prefix caching shares each problem's prompt and every node's path among its
-children), then ONE PRM call over all new children. Nothing runs one problem at a time.
+children), then ONE PRM call over all new children, in a scoring session
+(`PRM.session()`) that keeps the KV cache of the paths it read: each child is computed
+from its parent's cached path (pipeline/prm/prefix.py), with the scores of scoring its
+whole path from scratch. Nothing runs one problem at a time.
 
 Step and completion rules (`Limits`, config `search.<name>`; defaults in brackets):
     step_stop        [none] where a step ends. None: at a newline; a step is one line and
@@ -64,7 +67,9 @@ SEARCH, one row per problem x selection x aggregation:
                             gives most of them for free; the full FLOPs convention
                             charges them, as it charges each sample its prompt)
     prm_tokens     int64    tokens the PRM read (each new node's whole path; identical
-                            sibling texts are read once)
+                            sibling texts are read once). Charged in full although the
+                            PRM computes only the new step on its parent's cached path
+                            (no credit for prefix sharing, as for prompt tokens)
     depth          int32    deepest node reached (steps)
     prm_params     int64
     flops_paper    float64  2 * policy params * output_tokens
@@ -285,6 +290,11 @@ class Searcher:
     def __init__(self, generator: Generator, prm: Any, questions: list[str], prompts_: list[str], *,
                  stop: Sequence[str], limits: Limits, batch_size: int = 8):
         self.generator, self.prm, self.limits, self.batch_size = generator, prm, limits, batch_size
+        # A scoring session keeps the PRM's KV cache of every path it read, so a child is
+        # computed from its parent's cached path: only the new step's tokens (plus any
+        # token that merges across the boundary) go through the model.
+        session = getattr(prm, "session", None)
+        self.scorer = session() if callable(session) else prm
         self.stop = [s for s in stop if s]
         # With raw steps, vLLM looks for the solution's stop strings itself (the blank
         # line too, when it ends solutions); line steps find them in `_child`.
@@ -373,7 +383,7 @@ class Searcher:
             return
         keys = list(unique)
         texts = [t for _, t in keys]
-        scores, tokens = self.prm.score(
+        scores, tokens = self.scorer.score(
             [self.trees[p].question for p, _ in keys], texts,
             [unique[k][0].step_ends() for k in keys], batch_size=self.batch_size,
         )

@@ -1,6 +1,7 @@
-"""PRM adapters on tiny random models built here: scores sit on the step positions, one
-forward pass per sample, errors name the PRM and the sample; value head learns and
-round-trips; the offset -> position helpers on their own."""
+"""PRM adapters on tiny random models built here: scores sit on the step positions, the
+plain path runs one forward pass per sample, errors name the PRM and the sample; value
+head learns and round-trips; the offset -> position helpers on their own. Prefix reuse
+against the plain path: tests/test_prefix.py."""
 
 import math
 import random
@@ -314,13 +315,14 @@ def test_score_depends_on_prefix_and_follows_boundaries(prms, fmt):
 
 
 @pytest.mark.parametrize("fmt", ALL)
-def test_one_forward_per_sample(prms, fmt):
+def test_plain_path_one_forward_per_sample(prms, fmt):
     prm = prms[fmt]
     calls = []
     hook = prm.model.base_model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(1), with_kwargs=True)
     try:
         texts = [TEXT, TEXT[:ENDS[1]], TEXT[:ENDS[0]], TEXT, TEXT[:ENDS[1]]]
-        scores, tokens = prm.score([Q] * 5, texts, [split_step_ends(t) for t in texts], batch_size=2)
+        scores, tokens = prm.score([Q] * 5, texts, [split_step_ends(t) for t in texts], batch_size=2,
+                                   reuse_prefix=False)
     finally:
         hook.remove()
     assert len(calls) == math.ceil(5 / 2)

@@ -1,11 +1,25 @@
 """The PRM interface and the machinery every adapter shares.
 
 An adapter turns each sample into one token sequence plus the token positions where
-its steps are scored (`Encoded`), then `HFPRM.score` runs ONE forward pass per sample:
-samples are sorted by length (longest first, so running out of memory shows at once),
-cut into batches of `batch_size`, right-padded with an attention mask (causal models:
-padding after the last real token changes nothing before it), and every step score is
-read from that pass. Scores must be finite: a NaN/inf is an error, never a zero.
+its steps are scored (`Encoded`); `HFPRM.score` computes the model's output for every
+token of every sequence and the adapter's `read` takes the step scores from it. Two
+paths compute that output, with the same scores up to float rounding:
+
+* prefix reuse (the default, `pipeline/prm/prefix.py`): the sequences go into a radix
+  tree of token ids and every distinct token prefix is computed once, each new segment
+  on top of the KV cache of the segments before it, batched by length. The N samples
+  of a problem read their shared question once. `PRM.session()` keeps the tree across
+  calls, so a tree search scores each child from its parent's cached path;
+* plain (`reuse_prefix=False`, and adapters whose model cannot take a KV cache): ONE
+  forward pass per sample, samples sorted by length (longest first, so running out of
+  memory shows at once), cut into batches of `batch_size`, right-padded with an
+  attention mask (causal models: padding after the last real token changes nothing
+  before it).
+
+The tokens a PRM reports per sample are the tokens of the sequence it scored, whether
+or not a cached prefix spared computing some of them: the same count for both paths,
+and the convention of the `full` FLOPs (no credit for prefix sharing, as for prompts).
+Scores must be finite: a NaN/inf is an error, never a zero.
 
 torch and transformers are imported inside functions, so importing this module is free.
 """
@@ -19,11 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.prm import positions as pos_mod
+from pipeline.prm import prefix as prefix_mod
 from pipeline.progress import progress
 
 
 class PRM(abc.ABC):
-    """A process reward model: one score per step, from one forward pass per sample.
+    """A process reward model: one score per step, read from one pass over each sample.
 
     name            the model (hub id, directory or head directory)
     format          the registry key it was loaded under
@@ -44,6 +59,12 @@ class PRM(abc.ABC):
         batch_size: int = 8,
     ) -> tuple[list[list[float]], list[int]]:
         """Per-sample per-step scores (step order) and the tokens read per sample."""
+
+    def session(self, *, max_bytes: int = prefix_mod.DEFAULT_MAX_BYTES) -> "PRM":
+        """An object with this PRM's `score` that may keep what it read for later calls
+        (a tree search scores children after their parents); the PRM itself when it
+        keeps nothing."""
+        return self
 
     @classmethod
     def open(cls, model: str | None, **options: Any) -> "PRM":
@@ -144,6 +165,31 @@ def last_hidden_state(model: Any, input_ids: Any, attention_mask: Any) -> Any:
     return out.hidden_states[-1]
 
 
+def split_body(model: Any, head: Callable[[Any], Any] | None = None) -> tuple[Any, Callable[[Any], Any]] | None:
+    """(body, head) for `HFPRM.split_forward`: the model body (`model.base_model`) and
+    `head` (default: the hidden states themselves); None for a model without a body."""
+    body = getattr(model, "base_model", model)
+    if body is model:
+        return None
+    return body, head or _identity
+
+
+def kv_bytes_per_token(body: Any) -> int:
+    """Bytes of KV cache per token of a decoder (layers x keys and values x KV heads x
+    head size x element size), from its config; an estimate for budgets."""
+    config = body.config.get_text_config(decoder=True) if hasattr(body.config, "get_text_config") else body.config
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or int(getattr(config, "hidden_size", 64)) // heads)
+    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+    size = next(body.parameters()).element_size()
+    return layers * 2 * kv_heads * head_dim * size
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
 def head_logits(model: Any, input_ids: Any, attention_mask: Any) -> Any:
     """The per-position logits of a token-classification-like model."""
     out = model(input_ids=input_ids, attention_mask=attention_mask)
@@ -205,7 +251,8 @@ def check_finite(prm: PRM, scores: list[list[float]]) -> None:
 
 
 class HFPRM(PRM):
-    """A PRM backed by a Hugging Face model: subclasses provide `encode` and `read`."""
+    """A PRM backed by a Hugging Face model: subclasses provide `encode` and `read`,
+    and `forward` (plain path) or `split_forward` (prefix reuse) or both."""
 
     model: Any
     tokenizer: Any
@@ -217,6 +264,12 @@ class HFPRM(PRM):
     def forward(self, input_ids: Any, attention_mask: Any) -> Any:
         """One batched forward pass; what `read` gets."""
         raise NotImplementedError
+
+    def split_forward(self) -> tuple[Any, Callable[[Any], Any]] | None:
+        """(body, head): the model body that takes a KV cache (returns the last hidden
+        state) and the function of its hidden states that `forward` returns; None when
+        the model cannot reuse prefixes (then every call takes the plain path)."""
+        return None
 
     def read(self, out: Any, row: int, item: Encoded) -> Any:
         """The step scores of batch row `row` (a 1-D tensor or list of floats)."""
@@ -235,16 +288,74 @@ class HFPRM(PRM):
             items.append(item)
         return items
 
-    def score(self, questions, texts, step_ends, *, batch_size: int = 8):
+    def prefix_tree(self, *, keep: bool = False, max_bytes: int = prefix_mod.DEFAULT_MAX_BYTES
+                    ) -> prefix_mod.PrefixTree | None:
+        """A radix tree over this PRM's model (pipeline/prm/prefix.py), or None when
+        the model cannot reuse prefixes."""
+        parts = self.split_forward()
+        if parts is None:
+            return None
+        body, head = parts
+
+        def run(input_ids, attention_mask, position_ids, past):
+            from transformers import DynamicCache
+
+            # plain full-length layers (no config): a sliding-window layer would crop
+            # the cache; the model's masks apply any window, on distances that left
+            # padding of the past leaves unchanged
+            cache = DynamicCache(ddp_cache_data=past)
+            out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=cache, use_cache=True)
+            return out.last_hidden_state, out.past_key_values
+
+        return prefix_mod.PrefixTree(run, head, pad=pad_id(self.tokenizer), device=self.device, keep=keep,
+                                     kv_bytes_per_token=kv_bytes_per_token(body), max_bytes=max_bytes)
+
+    def run(self, items: Sequence[Encoded], batch_size: int, fn: Callable[[Any, int, Encoded], Any], *,
+            tree: prefix_mod.PrefixTree | None = None, reuse_prefix: bool = True) -> list[Any]:
+        """`fn(output, row, item)` for every item, the output computed through `tree`
+        (default: a fresh one for this call) or, with `reuse_prefix=False` or a model
+        that cannot reuse prefixes, by the plain path; in the original order."""
+        if tree is None and reuse_prefix:
+            tree = self.prefix_tree()
+        if tree is None:
+            def step(input_ids, attention_mask, rows):
+                out = self.forward(input_ids, attention_mask)
+                return [fn(out, r, item) for r, item in enumerate(rows)]
+
+            return run_batches(items, int(batch_size), pad_id(self.tokenizer), self.device, step)
+        return tree.run([item.input_ids for item in items], int(batch_size),
+                        lambda out, i: fn(out[None], 0, items[i]))
+
+    def score(self, questions, texts, step_ends, *, batch_size: int = 8, reuse_prefix: bool = True,
+              tree: prefix_mod.PrefixTree | None = None):
+        """Per-step scores and tokens per sample (see PRM.score); `reuse_prefix=False`
+        takes the plain path (one forward pass per sample), `tree` a session's tree."""
         items = self.encode_all(questions, texts, step_ends, batch_size)
 
-        def step(input_ids, attention_mask, rows):
-            out = self.forward(input_ids, attention_mask)
-            return [[float(v) for v in _tolist(self.read(out, r, item))] for r, item in enumerate(rows)]
+        def read(out, r, item):
+            return [float(v) for v in _tolist(self.read(out, r, item))]
 
-        scores = run_batches(items, int(batch_size), pad_id(self.tokenizer), self.device, step)
+        scores = self.run(items, batch_size, read, tree=tree, reuse_prefix=reuse_prefix)
         check_finite(self, scores)
         return scores, [len(item.input_ids) for item in items]
+
+    def session(self, *, max_bytes: int = prefix_mod.DEFAULT_MAX_BYTES) -> PRM:
+        tree = self.prefix_tree(keep=True, max_bytes=max_bytes)
+        return self if tree is None else Session(self, tree)
+
+
+class Session(PRM):
+    """`score` of an HFPRM that keeps the KV cache of what it read (least recently used
+    evicted beyond `max_bytes` of it): a text whose token prefix was read
+    before computes only the tokens after it. Scores and tokens as the PRM's own."""
+
+    def __init__(self, prm: HFPRM, tree: prefix_mod.PrefixTree) -> None:
+        self.prm, self.tree = prm, tree
+        self.name, self.format, self.num_parameters = prm.name, prm.format, prm.num_parameters
+
+    def score(self, questions, texts, step_ends, *, batch_size: int = 8):
+        return self.prm.score(questions, texts, step_ends, batch_size=batch_size, tree=self.tree)
 
 
 def _tolist(value: Any) -> list[float]:

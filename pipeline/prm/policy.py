@@ -1,7 +1,7 @@
 """PRMs read off the POLICY model itself (no separate reward model).
 
 Both encode a sample as `prompt_template` (default "Question: {question}\\nAnswer:\\n")
-followed by the solution up to its last step end, one forward pass per sample, and pin
+followed by the solution up to its last step end, read in one pass per sample, and pin
 step k to the last token ending at or before its end (positions.step_token_positions).
 
 Why a short context rather than the few-shot prompt the solution was sampled with: the
@@ -33,8 +33,7 @@ from pipeline.prm.base import (
     load_tokenizer,
     resolve_device,
     resolve_dtype,
-    pad_id,
-    run_batches,
+    split_body,
 )
 
 DEFAULT_PROMPT = "Question: {question}\nAnswer:\n"
@@ -106,16 +105,14 @@ class PolicyPRM(HFPRM):
     def forward(self, input_ids, attention_mask):
         return last_hidden_state(self.model, input_ids, attention_mask)
 
+    def split_forward(self):
+        return split_body(self.model)
+
     def step_hidden(self, questions, texts, step_ends, *, batch_size: int = 8):
         """Per sample, the policy's last hidden state at every step token ([steps, hidden],
-        float32, CPU), and the tokens read per sample."""
+        float32, CPU), and the tokens read per sample (computed as `score` computes)."""
         items = self.encode_all(questions, texts, step_ends, batch_size)
-
-        def step(input_ids, attention_mask, rows):
-            hidden = self.forward(input_ids, attention_mask)
-            return [hidden[r, item.positions].float().cpu() for r, item in enumerate(rows)]
-
-        feats = run_batches(items, int(batch_size), pad_id(self.tokenizer), self.device, step)
+        feats = self.run(items, batch_size, lambda out, r, item: out[r, item.positions].float().cpu())
         return feats, [len(item.input_ids) for item in items]
 
 

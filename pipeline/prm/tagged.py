@@ -60,6 +60,7 @@ from pipeline.prm.base import (
     load_tokenizer,
     resolve_device,
     resolve_dtype,
+    split_body,
 )
 
 
@@ -145,6 +146,9 @@ class MathShepherdPRM(TaggedPRM):
     def forward(self, input_ids, attention_mask):
         return last_hidden_state(self.model, input_ids, attention_mask)
 
+    def split_forward(self):
+        return split_body(self.model)
+
     def read(self, out, row, item):
         hidden = out[row, item.positions]
         logits = self.model.get_output_embeddings()(hidden).float()
@@ -152,8 +156,19 @@ class MathShepherdPRM(TaggedPRM):
 
 
 class _TwoLogitPRM(TaggedPRM):
+    def split_forward(self):
+        # the token-classification head (LlamaForTokenClassification, the Qwen PRM's
+        # remote code: `score`) on the body's hidden states (dropout is off in eval);
+        # a subclass with its own `forward` computes something else: plain path
+        head = getattr(self.model, "score", None)
+        if type(self).forward is not _TwoLogitPRM.forward or not callable(head):
+            return None
+        return split_body(self.model, lambda hidden: self._checked(head(hidden)))
+
     def forward(self, input_ids, attention_mask):
-        logits = head_logits(self.model, input_ids, attention_mask)
+        return self._checked(head_logits(self.model, input_ids, attention_mask))
+
+    def _checked(self, logits):
         if logits.dim() != 3 or logits.shape[-1] != 2:
             raise ValueError(f"{self.format} PRM {self.name}: expected logits [batch, seq, 2], "
                              f"got {tuple(logits.shape)} from {type(self.model).__name__}")
@@ -230,6 +245,9 @@ class LlemmaPRM(TaggedPRM):
 
     def forward(self, input_ids, attention_mask):
         return last_hidden_state(self.model, input_ids, attention_mask)
+
+    def split_forward(self):
+        return split_body(self.model)
 
     def read(self, out, row, item):
         hidden = out[row, item.positions].float()
