@@ -22,6 +22,10 @@ Tables:
                aggregation are NULL for strategies that use no PRM (greedy, majority,
                coverage). Every strategy of every stage lands here (tree search too, with
                n = its budget), so the views below pick up new strategies by themselves.
+    prm_quality  one row per dataset x model x PRM: AUCs of the PRM's scores on the
+               evaluation samples (last step vs correct, within problems, steps vs
+               arith-check labels) beside the policy's mean log-prob; columns in
+               pipeline/prm_quality.py. (Only when a PRM scored something.)
     search     dataset, model, prm, search (config entry), key, and the SEARCH columns of
                pipeline/search.py: per problem x selection rule x aggregation, the chosen
                answer, accuracy, complete leaves, policy / prompt / PRM tokens, depth,
@@ -71,7 +75,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io, search
+from pipeline import io, prm_quality, search
 
 # Strategies that need the reference answer to choose (upper bounds, not runnable):
 # listed in accuracy_vs_flops.oracle, left out of the Pareto front and compute_optimal.
@@ -293,10 +297,10 @@ def read_views(db: str | Path) -> dict[str, pl.DataFrame]:
     import duckdb
 
     with duckdb.connect(str(db), read_only=True) as con:
-        return {
-            name: pl.from_arrow(con.sql(f"SELECT * FROM {name}").to_arrow_table())
-            for name in ("accuracy_vs_flops", "pareto", "compute_optimal", "models")
-        }
+        names = ["accuracy_vs_flops", "pareto", "compute_optimal", "models"]
+        names += [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                            "WHERE table_name = 'prm_quality'").fetchall()]
+        return {name: pl.from_arrow(con.sql(f"SELECT * FROM {name}").to_arrow_table()) for name in names}
 
 
 def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, tables: list[str],
@@ -330,7 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tables", nargs="+", required=True,
                     help="HTML tables of the views, each named <view>.html")
     a = ap.parse_args(argv)
-    tables = build_tables(json.loads(a.manifest))
+    manifest = json.loads(a.manifest)
+    tables = build_tables(manifest)
+    quality = prm_quality.prm_quality(tables, manifest)
+    if quality is not None:
+        tables["prm_quality"] = quality
     tables["provenance"] = provenance(a.config)
     write_duckdb(tables, a.db)
     write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,

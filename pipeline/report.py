@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io
+from pipeline import io, prm_quality
 
 TABLE_VIEWS = ("accuracy_vs_flops", "pareto", "compute_optimal")
 
@@ -128,6 +128,7 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict[str, tuple[float
         elif fits is not None and dataset in fits:
             out += ["Compute-optimal model size: one model size is optimal at every budget, "
                     "so no line can be fitted.", ""]
+    out += prm_quality.summary_lines(views.get("prm_quality"))
     return "\n".join(out)
 
 
