@@ -104,6 +104,9 @@ def main() -> None:
             "steps": r.height, "rolled_out": rolled.height, "completions": int(rolled["k"].sum()),
             "output_tokens": int(rolled["output_tokens"].sum()), "steps_reached": float((r["reached"] > 0).mean())}
 
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    if not variants:
+        return
     problems_eval = pl.read_parquet(f"results/problems/{a.dataset}.parquet")
     samples_eval = pl.concat([pl.read_parquet(f) for f in shards(eval_cache)])
     grades_eval = pl.read_parquet(f"results/grades/{a.dataset}/{model}/{eval_cache.key}.parquet")

@@ -11,23 +11,32 @@
 
 arith-check (`arith_step_labels`). Every step is parsed for the equations it states
 ("3 + 5 = 8", "2 x 12 = 24 + 8 = 32", "(12 - 4) * 2 = 16", with x, ×, *, /, ÷, −, –,
-numbers with thousands commas, "$", trailing units and periods) and for the other
-numbers it mentions. A step is good when, and only when, no earlier step was bad
-(once wrong, the solution is wrong, as in Math-Shepherd) and
+numbers with thousands commas, "$", units between a number and its operator, trailing
+units and periods) and for the other numbers it mentions; a list marker ("1. ",
+"Step 2:") at the start of a step is no number of it. A step is good when, and only
+when, no earlier step was bad (once wrong, the solution is wrong, as in Math-Shepherd)
+and
   * every equation is right: each "=" compares the expression before it with the first
-    number after it, exactly (rational arithmetic; a decimal result may be rounded to
-    the digits it shows);
-  * every number it uses or states is grounded: a number of the question, a result of
-    an earlier good step or of this step, or a value of the reference computation;
-  * every result it computes is on the path of the reference computation: the
-    problem's `expression` (metadata of arith problems, e.g. "3 * 6 - 9") is a sum of
-    signed terms (products are terms), and a result must be the sum of some subset of
-    them or a term's magnitude (18 and 9 for "3 * 6 - 9"; any order of adding the
-    terms is accepted, "3 + 6 = 9" is not). This is what labels a final answer that is
-    right for the wrong reason bad ("9 + 9 = 18 ... 18 - 0"): arithmetic that is
-    correct but computes something the problem does not ask for is off the path;
-  * when it gives a final answer ("The answer is X"), X equals the reference answer.
-A list marker ("1. ", "Step 2:") at the start of a step is not a number of the step.
+    number after it, exactly (rational arithmetic; a decimal result may be the value
+    rounded to the digits it shows);
+  * every equation computes a quantity of the problem's reference computation, by a
+    legal step. The problem's `expression` (metadata of arith problems, "3 * 6 - 9") is
+    a sum of signed terms, products being terms; its quantities (`Reference.nodes`) are
+    the sums of any subset of the terms (orientated: "gives away 2 and 3" is the 5 taken
+    away) and the factors of each product. Legal steps add two disjoint sums of one
+    orientation, take a disjoint taken-away sum from a sum, or multiply a product's two
+    factors; every number of the equation must be such a quantity. So any order of
+    adding and taking away is right ("18 + 17 - 2" or "18 - 2 + 17"), while right
+    arithmetic that computes something else is not: "3 + 6 = 9" in "3 * 6 - 9" adds the
+    two factors and is bad although 9 is the answer. This is what labels a final
+    answer right for the wrong reason bad;
+  * every number it mentions is a number of the question or a quantity of the
+    reference ("her bag of 10 candies" in a problem without a 10 is made up);
+  * a final answer it gives ("The answer is X"; "The answer is 17 + 4 = 21" gives 21)
+    equals the reference answer, and, for the last step of a whole solution, the
+    solution's final answer as grading reads it (the last one given; none is wrong)
+    does too, so the last step's label is the grade unless an earlier step was bad.
+Division and anything else off these rules is off the path: arith problems have none.
 
 rollouts (`rollout_requests`, `rollout_rows`, `step_labels_from_rollouts`): a prefix is
 the sampling prompt + the sample's text up to the end of step k + "\\n"; the policy
@@ -73,6 +82,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from pipeline import grading, io, prompts
+from pipeline.prm.positions import split_steps
 
 SUPERVISIONS = ("outcome", "rollouts", "arith-check")
 ROLLOUT_DEFAULTS = {"k": 4, "max_tokens": 96, "temperature": 0.7, "top_p": 0.95, "label": "hard"}
@@ -452,14 +462,6 @@ def is_arith(problems: pl.DataFrame) -> bool:
     return True
 
 
-def split_steps(text: str, step_ends: Sequence[int]) -> list[str]:
-    steps, prev = [], 0
-    for end in step_ends:
-        steps.append(text[prev:end].strip())
-        prev = end
-    return steps
-
-
 # --------------------------------------------------------------------------- rollouts
 
 
@@ -620,14 +622,16 @@ class VLLMCompleter:
 
 def run_rollouts(*, spec: dict, model_dir: str, problems: str, shards: list[str], out: str) -> None:
     """The rollouts job: continue every step prefix of the training samples, write ROLLOUTS."""
-    from pipeline import generate
+    from pipeline import generate, search
 
     settings = spec["rollouts"]
     prompt = spec["prompt"]
     samples = pl.concat([pl.read_parquet(f) for f in shards])
     probs = pl.read_parquet(problems)
+    # search.engine_args: small KV blocks on CPU, so prefix caching shares each sample's
+    # path among its step prefixes as it does a node's path in tree search
     llm = generate.make_engine(model_dir, seed=generate.engine_seed(spec["key"], "rollouts"),
-                               engine_args=spec.get("engine_args"))
+                               engine_args=search.engine_args(spec.get("engine_args")))
     tokenizer = llm.get_tokenizer() if prompt.get("format") == "chat" else None
     prefixes = rollout_requests(samples, probs, lambda q: prompts.render(prompt, q, tokenizer))
     sampling = {**settings, "seed": spec.get("seed", 0)}

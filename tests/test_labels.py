@@ -63,6 +63,17 @@ def test_right_answers_for_the_wrong_reason_are_bad():
     assert check(plus, "He has 9 + 9 = 18 marbles.", "The answer is 18.") == [1, 1]
 
 
+def test_the_last_step_of_a_solution_carries_its_grade():
+    # no final answer at all: the steps were right, the solution is not
+    assert check(COOKIES, "Ben has 5 cookies.", "5 - 3 = 2.") == [1, 0]
+    assert arith_step_labels(*COOKIES, ["Ben has 5 cookies.", "5 - 3 = 2."], whole=False) == [1, 1]
+    # grading reads the last answer given: an answer step followed by a wrong one
+    assert check(COOKIES, "The answer is 2.", "The answer is 3.") == [1, 0]
+    # an answer written as an equation gives what the equation gives
+    assert check(("Jack has 4 oranges. He gets 17 more. How many now?", "4 + 17", "21"),
+                 "The answer is 17 + 4 = 21 oranges.", "The answer is 21.") == [1, 1]
+
+
 def test_numbers_without_equations_must_come_from_the_problem():
     assert check(COOKIES, "Ben has 5 cookies.", "He loses 3 of them.", "So he has 2 left.",
                  "The answer is 2.") == [1, 1, 1, 1]
