@@ -66,7 +66,12 @@ def main() -> None:
     ap.add_argument("--rollouts", help="an existing rollouts Parquet for the rollouts variants")
     ap.add_argument("--make-rollouts", action="store_true", help="run the rollouts job first (vLLM)")
     ap.add_argument("--eval-limit", type=int, help="score only the first N evaluation problems")
+    ap.add_argument("--compare-only", action="store_true", help="only the paired comparison of OUT's scores")
     a = ap.parse_args()
+    if a.compare_only:
+        os.chdir(a.workdir)
+        compare(Path(a.out).resolve(), a.dataset, load_config(Path(a.config).resolve()))
+        return
 
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +154,41 @@ def main() -> None:
               f"{e['auc_last_step']} ± {e['auc_last_step_se']}, within {e['auc_within_problem']}, "
               f"step {e['auc_step']}, logprob {e['auc_mean_logprob']}", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    compare(out, a.dataset, config)
+
+
+def compare(out: Path, dataset: str, config: dict) -> None:
+    """Paired differences of the evaluation last-step AUC: every variant against the
+    first one and against the policy's mean log-prob (bootstrap over problems)."""
+    results = json.loads((out / "results.json").read_text())
+    names = list(results["variants"])
+    if not names:
+        return
+    model = next(iter(config["models"]))
+    eval_cache = plan.find(plan.caches(config), dataset=dataset, model=model, kind="sampled")
+    grades = pl.read_parquet(f"results/grades/{dataset}/{model}/{eval_cache.key}.parquet")
+    samples = pl.concat([pl.read_parquet(f, columns=["problem_id", "sample_idx", "cumulative_logprob", "output_tokens"])
+                         for f in shards(eval_cache)])
+    frames = {}
+    for name in names:
+        frames[name] = (pl.read_parquet(out / "heads" / f"{name}.scores.parquet")
+                        .filter(pl.col("scores").list.len() > 0)
+                        .join(grades.select("problem_id", "sample_idx", "correct"), on=["problem_id", "sample_idx"])
+                        .join(samples, on=["problem_id", "sample_idx"]).with_columns(prm_quality.mean_logprob())
+                        .sort("problem_id", "sample_idx"))
+    first = frames[names[0]]
+    y, g = first["correct"].to_list(), first["problem_id"].to_list()
+    last = {n: [s[-1] for s in f["scores"]] for n, f in frames.items()}
+    rows = {}
+    for name in names:
+        vs_first = prm_quality.auc_difference(last[name], last[names[0]], y, g)
+        vs_logprob = prm_quality.auc_difference(last[name], first["mean_logprob"].to_list(), y, g)
+        rows[name] = {f"vs_{names[0]}": vs_first, "vs_mean_logprob": vs_logprob}
+        print(f"{name}: last-step AUC minus {names[0]} {vs_first[0]:+.3f} (95% [{vs_first[2][0]:+.3f}, "
+              f"{vs_first[2][1]:+.3f}]), minus mean log-prob {vs_logprob[0]:+.3f} "
+              f"(95% [{vs_logprob[2][0]:+.3f}, {vs_logprob[2][1]:+.3f}])")
+    results["paired"] = rows
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

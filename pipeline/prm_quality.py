@@ -95,6 +95,28 @@ def bootstrap_se(scores: Sequence[float], labels: Sequence, groups: Sequence, *,
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
+def auc_difference(a: Sequence[float], b: Sequence[float], labels: Sequence, groups: Sequence, *,
+                   draws: int = 1000, seed: int = 0) -> tuple[float, float, tuple[float, float]] | None:
+    """auc(a) - auc(b) on the same samples, with its paired bootstrap SE and 95% interval
+    (percentiles) from resampling whole groups (problems); None when a class is empty."""
+    sa, sb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    base_a, base_b = auc(sa, y), auc(sb, y)
+    if base_a is None or base_b is None:
+        return None
+    names, codes = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(codes == i) for i in range(len(names))]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(draws):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(names), len(names))])
+        da, db = auc(sa[idx], y[idx]), auc(sb[idx], y[idx])
+        if da is not None and db is not None:
+            diffs.append(da - db)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return base_a - base_b, float(np.std(diffs, ddof=1)), (float(lo), float(hi))
+
+
 def within_problem_auc(scores: Sequence[float], labels: Sequence, groups: Sequence) -> tuple[float | None, int]:
     """Mean per-group AUC over groups that have both classes, and how many there are."""
     df = pl.DataFrame({"s": np.asarray(scores, dtype=np.float64), "y": np.asarray(labels, dtype=np.float64),

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline import prm, prm_quality, report
-from pipeline.prm_quality import auc, bootstrap_se, within_problem_auc
+from pipeline.prm_quality import auc, auc_difference, bootstrap_se, within_problem_auc
 
 
 def test_auc_matches_the_mann_whitney_definition():
@@ -82,3 +82,17 @@ def test_prm_quality_table_from_aggregate_tables(tmp_path):
     views = {name: pl.DataFrame() for name in ("accuracy_vs_flops", "pareto", "compute_optimal")}
     views["accuracy_vs_flops"] = pl.DataFrame(schema={"dataset": pl.String, "num_problems": pl.Int64})
     assert "## PRM quality on the evaluation samples" in report.summary_markdown({**views, "prm_quality": table})
+
+
+def test_paired_auc_difference():
+    rng = random.Random(1)
+    labels = [rng.random() < 0.3 for _ in range(200)]
+    groups = [i // 8 for i in range(200)]
+    good = [float(y) + rng.gauss(0, 0.5) for y in labels]  # informative
+    noise = [rng.gauss(0, 1) for _ in labels]  # not
+    diff, se, (lo, hi) = auc_difference(good, noise, labels, groups, draws=300)
+    assert diff == pytest.approx(auc(good, labels) - auc(noise, labels))
+    assert se > 0 and 0 < lo < diff < hi  # the better score is better, by an interval that excludes 0
+    same, se0, (lo0, hi0) = auc_difference(good, good, labels, groups, draws=50)
+    assert same == 0 and se0 == 0 and lo0 == hi0 == 0
+    assert auc_difference(good, noise, [False] * 200, groups) is None
