@@ -1,9 +1,10 @@
 """Everything into one DuckDB file: the product's query surface.
 
 The database (results/inference.duckdb) holds one table per stage, each row tagged with
-its dataset / model / cache, and three views for the compute-optimal analysis. Open it
+its dataset / model / cache, the analysis tables derived from them (pipeline.stats,
+pipeline.claims), and the views and macros of pipeline.views (schemas there). Open it
 with the `duckdb` CLI or `duckdb.connect(path, read_only=True)`; the figures, the HTML
-report's tables and results/summary.md are all drawn from the views.
+report's tables and results/summary.md are all drawn from it.
 
 Tables:
     problems   dataset, problem_id, question, answer, metadata
@@ -22,6 +23,15 @@ Tables:
                aggregation are NULL for strategies that use no PRM (greedy, majority,
                coverage). Every strategy of every stage lands here (tree search too, with
                n = its budget), so the views below pick up new strategies by themselves.
+               Measured latency (pipeline/latency.py): seconds (wall-clock seconds per
+               problem the strategy costs on the measured device: n/N of the cache's
+               generation time, plus its scoring time for PRM strategies; a tree search's
+               job time per problem), load_s (seconds to load the models it needs, once,
+               not per problem) and device; NULL where an output was written unmeasured.
+    timings    one row per model-stage output (sample, score and search shards, value
+               heads): stage, dataset, model, kind, prm, search, key, budget, file,
+               problems, samples, prompt/output/prm tokens, load_s, work_s, device, engine
+               (pipeline/latency.py; NULL seconds: written before timing was recorded)
     prm_quality  one row per dataset x model x PRM: AUCs of the PRM's scores on the
                evaluation samples (last step vs correct, within problems, steps vs
                arith-check labels) beside the policy's mean log-prob; columns in
@@ -31,35 +41,34 @@ Tables:
                answer, accuracy, complete leaves, policy / prompt / PRM tokens, depth,
                FLOPs. (Only when the config has `search` entries.) Its rows also enter
                `replay` as strategy "<search>_<rule>" with n = the budget.
+    strategies strategy, family ("sampling-based voting" | "PRM-based selection" |
+               "tree search": the stage its rows come from), algorithm (rebase / beam /
+               mcts for tree search, else NULL), selection (the rule that picks the final
+               answer: greedy, majority, coverage, best_of_n, weighted_majority)
+    analysis   one row, the headline protocol (config `analysis`): aggregations (the step
+               aggregations whose PRM strategies enter the front, compute_optimal, the
+               claims and the default figures), folds (K), seed, bootstrap (resamples),
+               conventions (the cost conventions' names)
+    folds      dataset, problem_id, fold: the seeded K-fold split (pipeline.stats.
+               assign_folds) every held-out choice uses
+    held_out_problems
+               the cross-fitted choices (pipeline.stats.crossfit) over the headline
+               non-oracle points, per dataset x convention x budget x problem: grid_k
+               (a compute_optimal budget, 10^(grid_k / 4)) or at_point (a budget equal to
+               that point's cost), budget, problem_id, fold, point (the choice made on the
+               other folds), accuracy, accuracy_se and cost of that point on this problem,
+               train_accuracy (its accuracy on the training folds)
+    claims     the paper's claims tested on this run (pipeline.claims): dataset, claim,
+               subject, test, num_problems, diff, diff_se, ci_low, ci_high, p_value,
+               mde, verdict, note
+    power      per dataset and model: the minimum detectable difference (80% power,
+               two-sided 5%) of best-of-N against majority voting at the largest n, with
+               its inputs (num_problems, sd_diff, z_alpha, z_power)
     provenance key, value (config hash, git commit, library versions, time)
 
-Views:
-    accuracy_vs_flops  one row per curve point (dataset, model, prm, strategy,
-               aggregation, n): accuracy (mean over problems), accuracy_se (standard error
-               across problems), output_tokens and prompt_tokens (means per problem),
-               flops_paper and flops_full (means per problem, the two conventions of
-               pipeline.flops), num_problems, and `oracle` (true for coverage / pass@n,
-               which needs the reference answer to pick a sample and so is an upper
-               bound, not a strategy one can run).
-    pareto     the accuracy-FLOPs Pareto front per (dataset, convention): every non-oracle
-               point of accuracy_vs_flops that no other point dominates (another point
-               dominates it when it needs at most as many FLOPs and is at least as
-               accurate, and is strictly better in one of the two). Of points tied in
-               both (at n = 1 every voting strategy is the same one sample) one is kept,
-               the first by (prm NULLS FIRST, strategy, aggregation, model, n), and
-               `tied` counts them. Long format: `convention` is 'paper' or 'full' and
-               `flops` the point's FLOPs in that convention (flops_paper / flops_full are
-               kept too). Across all models, PRMs and strategies; ordered by flops, so
-               accuracy rises strictly along it.
-    compute_optimal  per (dataset, convention, budget): the best point within the budget,
-               i.e. the most accurate non-oracle point with flops <= budget (= the Pareto
-               point with the largest flops <= budget). Budgets form a log-spaced grid,
-               BUDGETS_PER_DECADE per decade (budget = 10^(k / 4)), from the cheapest
-               point's FLOPs up to the first grid value at or above the costliest point;
-               budgets below the cheapest point have no row. Columns: budget,
-               log10_budget, model, params_total (from `models`), prm, strategy,
-               aggregation, n, accuracy, accuracy_se, flops, flops_paper, flops_full.
-               Accuracy never decreases as the budget grows.
+Views (pipeline.views): accuracy_vs_flops, points, point_problems, held_out, pareto,
+compute_optimal; macros paired(dataset, a, b), compare_to(dataset, b), point_label,
+mean_se, normal_cdf, p_two_sided, p_value.
 """
 
 from __future__ import annotations
@@ -69,110 +78,23 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
 
 import polars as pl
 
-from pipeline import io, prm_quality, search
+from pipeline import claims, io, latency, prm_quality, search, stats, views
+from pipeline.views import (  # noqa: F401  (the names this module has always exported)
+    ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
+)
 
-# Strategies that need the reference answer to choose (upper bounds, not runnable):
-# listed in accuracy_vs_flops.oracle, left out of the Pareto front and compute_optimal.
-ORACLE_STRATEGIES = ("coverage",)
-CONVENTIONS = ("paper", "full")
-BUDGETS_PER_DECADE = 4
 STORAGE_VERSION = "v1.1.0"
+# The headline protocol when the config has no `analysis` section (the schema's defaults).
+ANALYSIS_DEFAULTS = {"aggregations": ["last"], "folds": 5, "seed": 0, "bootstrap": 1000}
 
-ACCURACY_VS_FLOPS = f"""
-CREATE VIEW accuracy_vs_flops AS
-SELECT dataset, model, prm, strategy, aggregation, n,
-       avg(accuracy) AS accuracy,
-       CASE WHEN count(*) > 1 THEN stddev_samp(accuracy) / sqrt(count(*)) ELSE 0 END
-           AS accuracy_se,
-       avg(output_tokens) AS output_tokens,
-       avg(prompt_tokens) AS prompt_tokens,
-       avg(flops_paper) AS flops_paper,
-       avg(flops_full) AS flops_full,
-       count(*) AS num_problems,
-       strategy IN ({", ".join(f"'{s}'" for s in ORACLE_STRATEGIES)}) AS oracle
-FROM replay
-GROUP BY dataset, model, prm, strategy, aggregation, n
-ORDER BY dataset, model, prm NULLS FIRST, strategy, aggregation NULLS FIRST, n
-"""
-
-# Long format over the two FLOPs conventions; a point is dominated by another that
-# needs no more FLOPs, is no less accurate and is strictly better in one of the two.
-# Points compare on keys rounded to 12 digits (accuracy; log10 of FLOPs), so that sums
-# taken in another order do not split a tie. Of tied points (at n = 1 every voting
-# strategy is the one sample, and in the paper convention a PRM costs nothing) the front
-# keeps one, the first by (prm NULLS FIRST, strategy, aggregation, model, n), and counts
-# them in `tied`.
-PARETO = f"""
-CREATE VIEW pareto AS
-WITH points AS (
-    SELECT a.dataset, c.convention, a.model, a.prm, a.strategy, a.aggregation, a.n,
-           a.accuracy, a.accuracy_se,
-           CASE c.convention WHEN 'paper' THEN a.flops_paper ELSE a.flops_full END AS flops,
-           a.flops_paper, a.flops_full, a.output_tokens, a.prompt_tokens
-    FROM accuracy_vs_flops a
-    CROSS JOIN (VALUES {", ".join(f"('{c}')" for c in CONVENTIONS)}) AS c(convention)
-    WHERE NOT a.oracle
-), keyed AS (
-    SELECT *, round(accuracy, 12) AS acc_key,
-           round(log10(greatest(flops, 1e-300)), 12) AS flops_key
-    FROM points
-), front AS (
-    SELECT p.* FROM keyed p
-    WHERE NOT EXISTS (
-        SELECT 1 FROM keyed q
-        WHERE q.dataset = p.dataset AND q.convention = p.convention
-          AND q.flops_key <= p.flops_key AND q.acc_key >= p.acc_key
-          AND (q.flops_key < p.flops_key OR q.acc_key > p.acc_key)
-    )
-)
-SELECT dataset, convention, model, prm, strategy, aggregation, n, accuracy, accuracy_se,
-       flops, flops_paper, flops_full, output_tokens, prompt_tokens,
-       count(*) OVER ties AS tied
-FROM front
-WINDOW ties AS (PARTITION BY dataset, convention, flops_key, acc_key)
-QUALIFY row_number() OVER (PARTITION BY dataset, convention, flops_key, acc_key
-    ORDER BY prm NULLS FIRST, strategy, aggregation NULLS FIRST, model, n) = 1
-ORDER BY dataset, convention, flops
-"""
-
-# The best point within each budget of a log-spaced grid: the front's last point at or
-# below the budget (ties between identical points broken by name, for a stable answer).
-COMPUTE_OPTIMAL = f"""
-CREATE VIEW compute_optimal AS
-WITH grid AS (
-    SELECT dataset, convention,
-           unnest(range(floor({BUDGETS_PER_DECADE} * log10(min(flops)))::BIGINT,
-                        ceil({BUDGETS_PER_DECADE} * log10(max(flops)))::BIGINT + 1)) AS k
-    FROM pareto WHERE flops > 0
-    GROUP BY dataset, convention
-), best AS (
-    SELECT g.dataset, g.convention, power(10, g.k / {BUDGETS_PER_DECADE}.0) AS budget,
-           g.k / {BUDGETS_PER_DECADE}.0 AS log10_budget,
-           f.model, f.prm, f.strategy, f.aggregation, f.n, f.accuracy, f.accuracy_se,
-           f.flops, f.flops_paper, f.flops_full
-    FROM grid g
-    JOIN pareto f ON f.dataset = g.dataset AND f.convention = g.convention
-                 AND f.flops <= power(10, g.k / {BUDGETS_PER_DECADE}.0)
-    QUALIFY row_number() OVER (
-        PARTITION BY g.dataset, g.convention, g.k
-        ORDER BY f.accuracy DESC, f.flops, f.model, f.prm NULLS FIRST, f.strategy,
-                 f.aggregation NULLS FIRST, f.n) = 1
-)
-SELECT b.dataset, b.convention, b.budget, b.log10_budget, b.model, m.params_total,
-       b.prm, b.strategy, b.aggregation, b.n, b.accuracy, b.accuracy_se, b.flops,
-       b.flops_paper, b.flops_full
-FROM best b LEFT JOIN {{models}} m USING (model)
-ORDER BY dataset, convention, budget
-"""
-
-# A stand-in for a database built without a models table (unit tests of the views).
-_NO_MODELS = "(SELECT NULL::VARCHAR AS model, NULL::BIGINT AS params_total)"
+SAMPLING_FAMILY, PRM_FAMILY, SEARCH_FAMILY = views.FAMILIES
 
 
 def _tagged(path: str, columns: list[str] | None = None, **tags: str) -> pl.DataFrame:
@@ -208,13 +130,15 @@ def provenance(config_text: str) -> pl.DataFrame:
 REPLAY_COLUMNS = [
     "dataset", "model", "prm", "aggregation", "problem_id", "strategy", "n", "accuracy",
     "accuracy_se", "output_tokens", "prompt_tokens", "flops_paper", "flops_full",
+    "seconds", "load_s", "device",
 ]
 
 
 def _replay_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """Sampling and PRM replays in one table; PRM columns are NULL where no PRM is used."""
     df = pl.concat(parts, how="diagonal_relaxed")
-    for col, dtype in (("prm", pl.String), ("aggregation", pl.String), ("accuracy_se", pl.Float64)):
+    for col, dtype in (("prm", pl.String), ("aggregation", pl.String), ("accuracy_se", pl.Float64),
+                       ("seconds", pl.Float64), ("load_s", pl.Float64), ("device", pl.String)):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype).alias(col))
     return df.with_columns(pl.col("accuracy_se").fill_null(0.0)).select(REPLAY_COLUMNS)
@@ -240,15 +164,24 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
     # appends its rows here, with the same columns).
     replay = [_tagged(p, dataset=d, model=m) for (d, m), p in
               ((tuple(k.split("/")), v) for k, v in manifest["replay"].items())]
+    n_sampling = len(replay)
     replay += [_tagged(p, dataset=k.split("/")[0], model=k.split("/")[1])
                for k, p in manifest.get("replay_prm", {}).items()]
+    n_prm = len(replay) - n_sampling
     search_table, search_parts = search.tables(manifest.get("search", []))
+    timings = latency.read_timings(manifest)
     replay += search_parts
     scores = [
         _tagged(f, ["problem_id", "sample_idx", "scores", "prm_tokens", "prm_params"],
                 dataset=s["dataset"], model=s["model"], key=s["key"], prm=s["prm"])
         for s in manifest.get("scores", []) for f in s["files"]
     ]
+    strategies = [_strategy_rows(replay[:n_sampling], SAMPLING_FAMILY),
+                  _strategy_rows(replay[n_sampling:n_sampling + n_prm], PRM_FAMILY)]
+    if search_table is not None:
+        strategies.append(search_table.select(
+            strategy=pl.col("search") + "_" + pl.col("selection"), family=pl.lit(SEARCH_FAMILY),
+            algorithm="algorithm", selection="selection").unique())
     return {
         "problems": pl.concat(problems),
         "models": pl.concat(models, how="diagonal_relaxed").select(
@@ -257,16 +190,135 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         "caches": pl.DataFrame(caches),
         "samples": pl.concat(samples),
         "grades": pl.concat(grades),
-        "replay": _replay_table(replay),
+        "replay": latency.replay_seconds(_replay_table(replay), timings,
+                                         latency.search_problems(manifest.get("search", []))),
+        "timings": timings,
+        "strategies": pl.concat(strategies, how="vertical_relaxed").unique("strategy", keep="first")
+        .sort("strategy"),
         **({"scores": pl.concat(scores)} if scores else {}),
         **({"search": search_table} if search_table is not None else {}),
     }
 
 
-def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path) -> None:
-    """Build the database under a temporary name, then rename it into place."""
+STRATEGY_SCHEMA = {"strategy": pl.String, "family": pl.String, "algorithm": pl.String, "selection": pl.String}
+
+
+def _strategy_rows(parts: list[pl.DataFrame], family: str) -> pl.DataFrame:
+    names = sorted({s for p in parts for s in p["strategy"].unique().to_list()})
+    return pl.DataFrame({"strategy": names, "family": [family] * len(names), "algorithm": [None] * len(names),
+                         "selection": names}, schema=STRATEGY_SCHEMA)
+
+
+def infer_strategies(replay: pl.DataFrame) -> pl.DataFrame:
+    """`strategies` from the names alone, for a database built without the stages'
+    manifest (unit tests): the replay and replay_prm strategies by name, any other PRM
+    strategy "<search>_<rule>" as tree search (algorithm = <search> when it names one)."""
+    rows = []
+    for strategy, with_prm in replay.group_by("strategy").agg(pl.col("prm").is_not_null().any()).rows():
+        if strategy in ("greedy", "majority", "coverage"):
+            rows.append((strategy, SAMPLING_FAMILY, None, strategy))
+        elif strategy in ("best_of_n", "weighted_majority"):
+            rows.append((strategy, PRM_FAMILY, None, strategy))
+        elif with_prm:
+            name, _, rule = strategy.partition("_")
+            rows.append((strategy, SEARCH_FAMILY, name if name in search.ALGORITHMS else None, rule or None))
+        else:
+            rows.append((strategy, "other", None, None))
+    return pl.DataFrame(rows, schema=STRATEGY_SCHEMA, orient="row").sort("strategy")
+
+
+# --------------------------------------------------------------------------- analysis tables
+
+
+def analysis_settings(config: dict | None = None) -> dict:
+    """The config's `analysis` section over ANALYSIS_DEFAULTS."""
+    return {**ANALYSIS_DEFAULTS, **((config or {}).get("analysis") or {})}
+
+
+def candidate_rows(replay: pl.DataFrame, aggregations) -> pl.DataFrame:
+    """Per-problem rows of the headline non-oracle points (what the front, compute_optimal
+    and the claims choose among), with their `point` label, in the views' tie order."""
+    return (
+        replay.filter(~pl.col("strategy").is_in(list(views.ORACLE_STRATEGIES))
+                      & (pl.col("aggregation").is_null() | pl.col("aggregation").is_in(list(aggregations))))
+        .with_columns(point=views.point_label_expr())
+        .sort("dataset", "model", "prm", "strategy", "aggregation", "n", "problem_id", nulls_last=False)
+    )
+
+
+HELD_OUT_SCHEMA = {
+    "dataset": pl.String, "convention": pl.String, "grid_k": pl.Int64, "at_point": pl.String,
+    "budget": pl.Float64, "problem_id": pl.String, "fold": pl.Int32, "point": pl.String,
+    "accuracy": pl.Float64, "accuracy_se": pl.Float64, "cost": pl.Float64, "train_accuracy": pl.Float64,
+}
+
+
+def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
+    """The cross-fitted choice per dataset x cost convention at every budget the views
+    show: the compute_optimal grid (a superset of its range: one step beyond the
+    cheapest and the costliest candidate) and every candidate's own cost (the front's
+    points are candidates)."""
+    parts = []
+    for (dataset,), rows in cand.group_by("dataset", maintain_order=True):
+        f = folds.filter(pl.col("dataset") == dataset)
+        for convention, column in views.COST_CONVENTIONS:
+            r = rows.select("point", "problem_id", "accuracy", "accuracy_se", cost=pl.col(column))
+            means = r.group_by("point", maintain_order=True).agg(pl.col("cost").mean())
+            budgets = [pl.DataFrame({"grid_k": [None] * means.height, "at_point": means["point"],
+                                     "budget": means["cost"]},
+                                    schema={"grid_k": pl.Int64, "at_point": pl.String, "budget": pl.Float64})]
+            positive = means.filter(pl.col("cost") > 0)["cost"]
+            if positive.len():
+                per = views.BUDGETS_PER_DECADE
+                ks = range(math.floor(per * math.log10(positive.min())) - 1,
+                           math.ceil(per * math.log10(positive.max())) + 2)
+                budgets.insert(0, pl.DataFrame({"grid_k": list(ks), "at_point": [None] * len(ks),
+                                                "budget": [10 ** (k / per) for k in ks]},
+                                               schema=budgets[0].schema))
+            out = stats.crossfit(r, f, pl.concat(budgets))
+            parts.append(out.with_columns(dataset=pl.lit(dataset), convention=pl.lit(convention)))
+    if not parts:
+        return pl.DataFrame(schema=HELD_OUT_SCHEMA)
+    return pl.concat(parts, how="diagonal_relaxed").select(
+        [pl.col(c).cast(t) for c, t in HELD_OUT_SCHEMA.items()])
+
+
+def analysis_tables(tables: dict[str, pl.DataFrame], settings: dict) -> dict[str, pl.DataFrame]:
+    """analysis, folds, held_out_problems and claims, from replay (and problems, models,
+    strategies where present)."""
+    replay = tables["replay"]
+    problems = tables["problems"] if "problems" in tables else replay
+    folds = stats.folds_table(problems.select("dataset", pl.col("problem_id").cast(pl.String)),
+                              settings["folds"], settings["seed"])
+    cand = candidate_rows(replay, settings["aggregations"])
+    strategies = tables.get("strategies")
+    if strategies is None:
+        strategies = infer_strategies(replay)
+    return {
+        "strategies": strategies,
+        "analysis": pl.DataFrame({
+            "aggregations": [list(settings["aggregations"])], "folds": [settings["folds"]],
+            "seed": [settings["seed"]], "bootstrap": [settings["bootstrap"]],
+            "conventions": [[name for name, _ in views.COST_CONVENTIONS]],
+        }, schema={"aggregations": pl.List(pl.String), "folds": pl.Int32, "seed": pl.Int64,
+                   "bootstrap": pl.Int32, "conventions": pl.List(pl.String)}),
+        "folds": folds,
+        "held_out_problems": held_out_problems(cand, folds),
+        "claims": claims.evaluate(cand, folds=folds, strategies=strategies, models=tables.get("models")),
+        "power": claims.power(cand),
+    }
+
+
+# --------------------------------------------------------------------------- the database
+
+
+def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path, *, analysis: dict | None = None) -> None:
+    """Build the database under a temporary name, then rename it into place. The
+    analysis tables (analysis_tables) are derived here from `replay` with the settings
+    `analysis` (ANALYSIS_DEFAULTS where missing)."""
     import duckdb
 
+    tables = {**tables, **analysis_tables(tables, analysis_settings({"analysis": analysis}))}
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -286,48 +338,86 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path) -> None:
 
 
 def create_views(con, *, has_models: bool = True) -> None:
-    """accuracy_vs_flops, pareto and compute_optimal over the replay (and models) tables."""
-    con.execute(ACCURACY_VS_FLOPS)
-    con.execute(PARETO)
-    con.execute(COMPUTE_OPTIMAL.format(models="models" if has_models else _NO_MODELS))
+    """The views and macros of pipeline.views over the tables."""
+    views.create(con, has_models=has_models)
+
+
+READ = {
+    "accuracy_vs_flops": "SELECT * FROM accuracy_vs_flops",
+    "points": "SELECT * FROM points",
+    "pareto": "SELECT * FROM pareto",
+    "compute_optimal": "SELECT * FROM compute_optimal",
+    "held_out": "SELECT * FROM held_out",
+    "claims": "SELECT * FROM claims",
+    "power": "SELECT * FROM power",
+    "models": "SELECT * FROM models",
+    "analysis": "SELECT * FROM analysis",
+    # per-problem rows of the headline non-oracle points (the bootstrap resamples them)
+    "candidates": """SELECT r.dataset, r.point, r.model, r.problem_id, r.accuracy, r.accuracy_se,
+                            r.flops_paper, r.flops_full
+                     FROM point_problems r JOIN points p USING (dataset, point)
+                     WHERE p.headline AND NOT p.oracle ORDER BY r.dataset, r.point, r.problem_id""",
+}
 
 
 def read_views(db: str | Path) -> dict[str, pl.DataFrame]:
-    """The three views and the models table as polars frames."""
+    """The views and tables the figures and the report draw from, as polars frames."""
     import duckdb
 
     with duckdb.connect(str(db), read_only=True) as con:
-        names = ["accuracy_vs_flops", "pareto", "compute_optimal", "models"]
-        names += [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                            "WHERE table_name = 'prm_quality'").fetchall()]
-        return {name: pl.from_arrow(con.sql(f"SELECT * FROM {name}").to_arrow_table()) for name in names}
+        out = {name: pl.from_arrow(con.sql(sql).to_arrow_table()) for name, sql in READ.items()}
+        # prm_quality exists only when a PRM scored something
+        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'prm_quality'").fetchone()[0]:
+            out["prm_quality"] = pl.from_arrow(con.sql("SELECT * FROM prm_quality").to_arrow_table())
+        return out
+
+
+def size_fits(data: dict[str, pl.DataFrame], *, convention: str = "paper") -> dict[str, stats.SizeFit | None]:
+    """Per dataset: the compute-optimal model-size fit over the compute_optimal budgets
+    of `convention`, with its bootstrap interval (pipeline.stats.bootstrap_size_fit)."""
+    settings = data["analysis"].row(0, named=True)
+    params = dict(zip(data["models"]["model"], data["models"]["params_total"]))
+    column = dict(views.COST_CONVENTIONS)[convention]
+    fits = {}
+    opt = data["compute_optimal"].filter(pl.col("convention") == convention)
+    for dataset in opt["dataset"].unique(maintain_order=True).to_list():
+        rows = data["candidates"].filter(pl.col("dataset") == dataset)
+        cand = stats.candidates(rows, cost=column)
+        model_of = dict(zip(rows["point"], rows["model"]))
+        fits[dataset] = stats.bootstrap_size_fit(
+            cand, [params.get(model_of[p], math.nan) for p in cand.points],
+            opt.filter(pl.col("dataset") == dataset)["budget"].to_numpy(),
+            resamples=settings["bootstrap"], seed=settings["seed"])
+    return fits
 
 
 def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, tables: list[str],
                   plot_size: str | None = None) -> None:
-    """Figures, HTML tables and the Markdown summary, all from the database's views."""
+    """Figures, HTML tables and the Markdown summary, all from the database."""
     from pipeline import figures, report
 
-    views = read_views(db)
-    curve = views["accuracy_vs_flops"]
-    figures.accuracy_vs_flops(curve, views["pareto"], plot)
-    figures.accuracy_vs_n(curve, plot_n)
+    data = read_views(db)
+    figures.accuracy_vs_flops(data["points"], data["pareto"], data["held_out"], plot)
+    figures.accuracy_vs_n(data["points"], plot_n)
     fits = None
     if plot_size:
-        fits = figures.compute_optimal_size(views["compute_optimal"], views["models"], plot_size)
-    report.write_tables(views, tables)
-    report.write_summary(views, summary, fits=fits, models=views["models"])
-    with pl.Config(tbl_rows=200, tbl_cols=16, tbl_width_chars=200):
-        print(curve)
-        print(views["compute_optimal"].filter(pl.col("convention") == "paper"))
+        fits = size_fits(data)
+        figures.compute_optimal_size(data["compute_optimal"], data["models"], plot_size, fits=fits)
+    report.write_tables(data, tables)
+    report.write_summary(data, summary, fits=fits)
+    with pl.Config(tbl_rows=200, tbl_cols=24, tbl_width_chars=250):
+        print(data["points"].filter(pl.col("headline")))
+        print(data["compute_optimal"].filter(pl.col("convention") == "paper"))
+        print(data["claims"])
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="aggregate all results into DuckDB; figures, tables, summary")
     ap.add_argument("--manifest", required=True, help="JSON naming every input file")
-    ap.add_argument("--config", required=True, help="the workflow config, as JSON (provenance)")
+    ap.add_argument("--config", required=True,
+                    help="the workflow config, as JSON (provenance; its `analysis` section)")
     ap.add_argument("--db", required=True)
-    ap.add_argument("--plot", required=True, help="accuracy and error rate vs FLOPs (PNG)")
+    ap.add_argument("--plot", required=True, help="accuracy vs FLOPs, a panel per strategy family (PNG)")
     ap.add_argument("--plot-n", required=True, help="accuracy vs n (PNG)")
     ap.add_argument("--plot-size", help="compute-optimal model size vs budget (PNG; 2+ models)")
     ap.add_argument("--summary", required=True, help="Markdown summary")
@@ -340,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     if quality is not None:
         tables["prm_quality"] = quality
     tables["provenance"] = provenance(a.config)
-    write_duckdb(tables, a.db)
+    write_duckdb(tables, a.db, analysis=analysis_settings(json.loads(a.config)))
     write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,
                   tables=a.tables)
 

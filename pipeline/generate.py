@@ -8,7 +8,9 @@ whether N is 16 or 256, so raising N only generates the missing sample blocks.
 A shard is a block of problems x a block of sample indices, produced by one engine
 and ONE `LLM.generate` call (prefix caching shares the prompt between a problem's
 samples). vLLM's per-request seed crashes the CPU build, so each shard seeds the
-engine from (key, shard), which makes every shard reproducible on its own.
+engine from (key, shard), which makes every shard reproducible on its own. Each shard
+stores how long its engine took to start and to generate, and on what device, as
+Parquet metadata (`pipeline.timing`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import io, models, prompts, schemas
+from pipeline import io, models, prompts, schemas, timing
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
 
@@ -176,8 +178,16 @@ def generate_shard(
             f"(dataset shrank? delete the stale shard request or raise limit)"
         )
     seed = engine_seed(key, shard_name(problem_range, sample_range))
-    llm = make_engine(model_dir, seed=seed, engine_args=engine_args)
-    df = sample(llm, problems, prompt=prompt, sampling=sampling, sample_range=sample_range)
+    watch = timing.Stopwatch()
+    with watch.phase("load"):
+        llm = make_engine(model_dir, seed=seed, engine_args=engine_args)
+    with watch.phase("work"):
+        df = sample(llm, problems, prompt=prompt, sampling=sampling, sample_range=sample_range)
+    measured = timing.record(
+        watch, device=timing.describe_device(gpus=timing.engine_gpus(engine_args)),
+        problems=problems.height, samples=df.height, prompt_tokens=df["prompt_tokens"].sum(),
+        output_tokens=df["output_tokens"].sum(),
+    )
     # The key's meaning travels with the cache; identical content from every shard,
     # written before the shard so that no shard ever exists without it. Shards of one
     # cache may run at once, so key.json has several writers (sole_writer=False).
@@ -186,7 +196,7 @@ def generate_shard(
         Path(out).parent / "key.json",
         sole_writer=False,
     )
-    io.write_parquet(df, out)
+    io.write_parquet(df, out, metadata=timing.as_metadata(measured))
 
 
 def main(argv: list[str] | None = None) -> None:

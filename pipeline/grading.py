@@ -2,6 +2,20 @@
 
 `equivalent` is the single comparison used everywhere (correctness and voting), so
 majority voting and correctness can never disagree about what "the same answer" means.
+
+Rules worth knowing (MATH answers are exact values):
+* A trailing step tag " ки" (MetaMath / Math-Shepherd style policies end with
+  "The answer is: X ки") is not part of the answer.
+* Numbers compare by exact value: 0.5 == \\frac12 == 1/2, 1.25 == \\frac54, but a
+  rounded decimal of a value without a finite decimal form is a different answer
+  (4.666667 != \\frac{14}{3}, 7.141428 != \\sqrt{51}). math-verify rounds floats to 6
+  places before comparing; we hand it the decimals as exact rationals instead, so the
+  same holds inside matrices, tuples, sets, intervals and equations.
+* Digit-group separators are formatting: 11,\\! 111,\\! 111,\\! 100 == 11111111100,
+  1,000,000 == 1000000 (a comma followed by exactly three digits, no space).
+* Words compare case-insensitively (\\text{east} == East); single letters do not
+  (they are variables or choice labels).
+* LaTeX is read as TeX reads it: \\sqrt51 is \\sqrt{5}1 and \\frac123 is \\frac{1}{2}3.
 """
 
 from __future__ import annotations
@@ -22,7 +36,6 @@ from pipeline.progress import progress
 # Longer "answers" are almost always runaway text; sympy on them is slow and pointless.
 _MAX_VERIFY_CHARS = 1000
 _VERIFY_TIMEOUT_S = 5
-_REL_TOL = 1e-6
 
 # GSM8K calculator annotations ("<<2*3=6>>") carry an "=" and the intermediate result,
 # which would otherwise read as part of the answer.
@@ -38,7 +51,14 @@ _A_LINE = re.compile(r"^[ \t]*A:[ \t]*([^\n]*)", re.MULTILINE)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _FRACTION = re.compile(r"([+-]?\d+)/(\d+)")
+_REPEATING = re.compile(r"([+-]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
 _NUM_PREFIX = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+# The step tag of MetaMath-style policies ("The answer is: 3 ки"), possibly repeated.
+_STEP_TAG = re.compile(r"(?:\s*ки)+\s*$")
+# A thin space ("1\,000") but not a LaTeX row break "\\" followed by a space or comma.
+_THIN_SPACE = re.compile(r"\\\\|\\[,;: ]")
+# A text answer: a word or phrase of letters (3+ letters: "ab" may be a product of variables).
+_WORDS = re.compile(r"[A-Za-z]{3,}(?: [A-Za-z]+)*")
 
 
 def _balanced(text: str, open_at: int) -> tuple[str, int] | None:
@@ -87,7 +107,7 @@ def _answer_is_value(rest: str) -> str:
 
 
 def _clean(answer: str) -> str:
-    answer = _ANNOTATION.sub("", answer).strip()
+    answer = _STEP_TAG.sub("", _ANNOTATION.sub("", answer)).strip()
     answer = answer.strip("*").strip()  # markdown bold around the answer
     # Sentence-final period and closing math delimiters; an escaped "\$" is content.
     while answer.endswith((".", "$")) and not answer.endswith("\\$"):
@@ -159,10 +179,10 @@ def _strip_spaces(s: str) -> str:
 def normalize(answer: str) -> str:
     """Canonical string for grouping and fast comparison; conservative (never merges distinct values)."""
     try:
-        s = _ANNOTATION.sub("", str(answer))
+        s = _STEP_TAG.sub("", _ANNOTATION.sub("", str(answer)))
         s = _unwrap(s)
         s = s.replace("\\!", "").replace("{,}", ",").replace("\\$", "")
-        s = re.sub(r"\\[,;: ]", " ", s)  # thin spaces, incl. "1\,000"
+        s = _THIN_SPACE.sub(lambda m: m.group() if m.group() == "\\\\" else " ", s)  # "1\,000"
         s = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", s)
         s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
         s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
@@ -179,6 +199,8 @@ def normalize(answer: str) -> str:
         m = re.fullmatch(r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?\s*=\s*([^=<>]+)", s)
         if m:
             s = m.group(1)
+        # "3 1/2" is a mixed number; with the space dropped it would read 31/2.
+        s = re.sub(r"^([+-]?\d+)\s+(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)
         s = _unwrap(_strip_spaces(s))
         # GSM8K-style "2*3=6": the value is the result, when the left side is plain arithmetic.
         m = re.fullmatch(rf"[\d.,+\-*/×()]+=({_NUM_PREFIX})", s)
@@ -189,6 +211,11 @@ def normalize(answer: str) -> str:
         m = re.fullmatch(r"\(?([A-E])\)?", s)  # multiple-choice label "(C)" / "C"
         if m:
             s = m.group(1)
+        m = re.fullmatch(r"\(([a-e])\)", s)  # "(c)": a label, not the variable c
+        if m:
+            s = m.group(1).upper()
+        if _WORDS.fullmatch(s):
+            s = s.lower()
         m = re.fullmatch(r"([+-]?)\\frac\{(\d+)\}\{(\d+)\}", s)
         if m:
             s = f"{m.group(1)}{m.group(2)}/{m.group(3)}"
@@ -205,7 +232,67 @@ def _as_number(s: str) -> Fraction | None:
     m = _FRACTION.fullmatch(s)
     if m and int(m.group(2)) != 0:
         return Fraction(int(m.group(1)), int(m.group(2)))
+    m = _REPEATING.fullmatch(s)
+    if m:  # 0.1\overline{6} = 1/6: an exact value too
+        sign, whole, fixed, cycle = m.groups()
+        value = int(whole or 0) + Fraction(int(fixed or 0), 10 ** len(fixed))
+        value += Fraction(int(cycle), 10 ** len(fixed) * (10 ** len(cycle) - 1))
+        return -value if sign == "-" else value
     return None
+
+
+def _split_top(s: str, sep: str) -> list[str]:
+    """`s` split at `sep` where no brace, bracket or parenthesis is open."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        if depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i])
+            i += len(sep)
+            start = i
+            continue
+        if s[i] in "{[(":
+            depth += 1
+        elif s[i] in "}])":
+            depth -= 1
+        i += 1
+    parts.append(s[start:])
+    return parts
+
+
+def _vector(s: str) -> tuple[str, list[str]] | None:
+    """A vector's kind and entries: a one-column or one-row matrix ("matrix"),
+    \\langle a, b \\rangle ("angle") or a parenthesised tuple of 2+ entries ("tuple")."""
+    m = re.fullmatch(r"\\begin\{([pbB]?matrix)\}(.*)\\end\{\1\}", s, re.DOTALL)
+    if m:
+        body = m.group(2).strip().removesuffix("\\\\")
+        rows = _split_top(body, "\\\\")
+        if len(rows) > 1 and all("&" not in r for r in rows):
+            return "matrix", rows
+        if len(rows) == 1:
+            cols = _split_top(rows[0], "&")
+            return ("matrix", cols) if len(cols) > 1 else None
+        return None
+    m = re.fullmatch(r"\\langle(.*)\\rangle", s, re.DOTALL)
+    if m:
+        return "angle", _split_top(m.group(1), ",")
+    if s.startswith("(") and s.endswith(")"):
+        inner = s[1:-1]
+        if _split_top(inner, ")") == [inner]:  # "(a,b)" whole, not "(a)+(b)"
+            entries = _split_top(inner, ",")
+            if len(entries) > 1:
+                return "tuple", entries
+    return None
+
+
+def _same_vector(p: str, r: str) -> bool | None:
+    """A column vector written as a matrix, \\langle..\\rangle or a tuple is one vector:
+    compare entries (each with `_equivalent`); None when not two vectors of different notation."""
+    vp, vr = _vector(p), _vector(r)
+    if vp is None or vr is None or vp[0] == vr[0]:
+        return None
+    if len(vp[1]) != len(vr[1]):
+        return False
+    return all(_equivalent(a.strip(), b.strip()) for a, b in zip(vp[1], vr[1]))
 
 
 def _core(answer: str) -> str:
@@ -222,16 +309,34 @@ def _timeouts() -> int | None:
 
 @functools.lru_cache(maxsize=16384)
 def _parsed(s: str) -> list:
-    """math_verify's parse of one answer, cached: voting compares each distinct answer many times."""
+    """math_verify's parse of one answer with every decimal made an exact rational,
+    cached: voting compares each distinct answer many times."""
     from math_verify import parse  # heavy import (sympy); only when needed
     from math_verify.errors import TimeoutException
 
     timeout = _timeouts()
     try:
         # Wrapping in $..$ makes the LaTeX extractor read the whole string as one expression.
-        return parse(f"${s}$", parsing_timeout=timeout) or parse(s, parsing_timeout=timeout)
+        parsed = parse(f"${s}$", parsing_timeout=timeout) or parse(s, parsing_timeout=timeout)
     except (Exception, TimeoutException):  # TimeoutException is a BaseException
         return []
+    return [_exact_decimals(e) for e in parsed]
+
+
+def _exact_decimals(expr: object) -> object:
+    """`expr` with every sympy Float replaced by the rational its decimal digits say
+    (0.15 -> 3/20). math_verify compares a float by rounding both sides to 6 places,
+    which calls 4.666667 equal to 14/3; with no floats left its comparisons are exact."""
+    from sympy import Float, Rational
+
+    try:
+        floats = expr.atoms(Float)  # type: ignore[attr-defined]
+        if not floats:
+            return expr
+        # str() of a parsed Float gives back the digits it was written with.
+        return expr.xreplace({f: Rational(str(f)) for f in floats if f.is_finite})  # type: ignore[attr-defined]
+    except Exception:
+        return expr
 
 
 @functools.lru_cache(maxsize=16384)
@@ -285,10 +390,14 @@ def _equivalent(pred: str, ref: str) -> bool:
         return True
     pn, rn = _as_number(p), _as_number(r)
     if pn is not None and rn is not None:
-        # Two plain numbers: sympy cannot know better, and skipping it is the common case.
-        return abs(pn - rn) <= _REL_TOL * max(abs(pn), abs(rn))
+        # Two plain numbers: exact rationals, so equality is exact (and transitive);
+        # skipping sympy is the common case.
+        return pn == rn
     if len(p) > _MAX_VERIFY_CHARS or len(r) > _MAX_VERIFY_CHARS:
         return False
+    vector = _same_vector(p, r)
+    if vector is not None:
+        return vector
     return _math_verify(p, r)
 
 

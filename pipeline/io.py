@@ -11,6 +11,7 @@ destination removes it, see `sole_writer`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -77,9 +78,38 @@ def _atomic(path: Path, write, *, sole_writer: bool = True) -> None:
     _fsync_dir(path.parent)
 
 
-def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
-    """Write `df` as zstd Parquet to a temporary name in the same folder, then rename."""
-    _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd"))
+def write_parquet(df: pl.DataFrame, path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
+    """Write `df` as zstd Parquet to a temporary name in the same folder, then rename.
+
+    `metadata`: string key-value pairs stored in the file's footer (Parquet key-value
+    metadata, read back by `read_parquet_metadata`); they travel with the file when a
+    results folder is copied. Readers of the data (polars, DuckDB) ignore them.
+    """
+    if not metadata:
+        _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd"))
+    elif _POLARS_WRITES_METADATA:
+        _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd", metadata=dict(metadata)))
+    else:  # polars before its `metadata` argument: the same file through pyarrow
+        def write(tmp: Path) -> None:
+            import pyarrow.parquet as pq
+
+            table = df.to_arrow()
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+            pq.write_table(table, tmp, compression="zstd")
+
+        _atomic(Path(path), write)
+
+
+_POLARS_WRITES_METADATA = "metadata" in inspect.signature(pl.DataFrame.write_parquet).parameters
+
+
+def read_parquet_metadata(path: str | Path) -> dict[str, str]:
+    """The key-value metadata of a Parquet file's footer (empty when it has none);
+    Arrow's own schema entry is left out."""
+    import pyarrow.parquet as pq
+
+    raw = pq.read_metadata(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if k != b"ARROW:schema"}
 
 
 def write_json(obj: Any, path: str | Path, *, sole_writer: bool = True) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import datasets, generate, models
+from pipeline import search as search_mod
 
 SHARD_DEFAULTS = {"problems": 64, "samples": 8}
 
@@ -233,6 +234,16 @@ def searches(config: dict) -> list[Search]:
             "max_step_tokens": entry.get("max_step_tokens", 64),
             "max_tokens": entry.get("max_tokens", config["sampling"]["max_tokens"]),
         }
+        # The step and completion rules enter the key (and the job spec, a rerun trigger
+        # of Snakemake's) only when they differ from their defaults: an entry that leaves
+        # them alone keeps the key and spec it had before they existed, so searches
+        # already paid for are found, never recomputed.
+        rules = search_mod.DEFAULT_RULES
+        limits.update({k: entry[k] for k, default in rules.items() if entry.get(k, default) != default})
+        try:
+            search_mod.Limits(**limits)
+        except ValueError as exc:
+            raise ValueError(f"search.{name}.{exc}") from None
         sampling = {k: config["sampling"].get(k, 0) for k in ("temperature", "top_p", "seed")}
         for dataset, dcfg in config["datasets"].items():
             num = datasets.count_problems(dataset, dcfg)

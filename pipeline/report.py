@@ -1,12 +1,18 @@
-"""What the report shows, in words and tables, drawn from the DuckDB views.
+"""What the report shows, in words and tables, drawn from the database (pipeline.views).
 
-    results/summary.md         a short Markdown summary: per dataset the best accuracy of
-                               every line, the Pareto front and the compute-optimal
-                               choice per budget (paper FLOPs convention), the fitted
-                               compute-optimal model size line when there are two sizes
-    results/tables/<view>.html the views accuracy_vs_flops, pareto and compute_optimal as
-                               self-contained HTML tables, which `snakemake --report`
-                               embeds beside the figures
+    results/summary.md         a short Markdown summary: the protocol (headline step
+                               aggregations, folds), per dataset the paper's claims tested
+                               on this run (pipeline.claims) with the minimum detectable
+                               difference, the best accuracy of every headline line with
+                               its 95% interval, the Pareto front (in-sample and held-out
+                               accuracy, each point's paired gain over the previous one)
+                               and the compute-optimal choice per budget (in-sample and
+                               held-out, paper FLOPs convention), the fitted
+                               compute-optimal model-size line with its bootstrap
+                               intervals when there are two sizes
+    results/tables/<view>.html the views accuracy_vs_flops, pareto and compute_optimal and
+                               the claims table as self-contained HTML tables, which
+                               `snakemake --report` embeds beside the figures
 
 Both are written by the aggregate job (see rules/aggregate.smk); the Snakemake report
 (`snakemake --report results/report.html`) wraps figures, tables and this summary into
@@ -22,9 +28,6 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import io, prm_quality
-
-TABLE_VIEWS = ("accuracy_vs_flops", "pareto", "compute_optimal")
-
 
 def _fmt(v) -> str:
     if v is None:
@@ -63,14 +66,22 @@ def html_table(df: pl.DataFrame, title: str, note: str = "") -> str:
 
 
 NOTES = {
-    "accuracy_vs_flops": "One row per curve point; accuracy is the mean over problems, accuracy_se "
-    "its standard error across problems; tokens and FLOPs are means per problem. oracle: "
-    "coverage (pass@n), an upper bound.",
-    "pareto": "Points no other point dominates (no more FLOPs and no less accuracy), per dataset "
-    "and FLOPs convention, across all models, PRMs and strategies; oracle strategies excluded.",
-    "compute_optimal": "Per FLOPs budget (4 per decade): the most accurate point with flops <= "
-    "budget.",
+    "accuracy_vs_flops": "One row per curve point (every step aggregation); accuracy is the mean "
+    "over problems, accuracy_se its standard error across problems; tokens and FLOPs are means per "
+    "problem. oracle: coverage (pass@n), an upper bound.",
+    "pareto": "Headline points no other point dominates (no more FLOPs and no less accuracy), per "
+    "dataset and FLOPs convention, across all models, PRMs and strategies; oracle strategies "
+    "excluded. held_out_accuracy: the choice within this point's FLOPs made on the other folds, "
+    "scored on the held-out fold (cross-fitting). gain: paired accuracy difference to the previous "
+    "front point, with its 95% interval; beats_previous when the interval excludes 0.",
+    "compute_optimal": "Per FLOPs budget (4 per decade): the most accurate headline point with "
+    "flops <= budget (in-sample, biased upwards: the maximum of many noisy estimates), beside the "
+    "held-out accuracy of the same choice made on K-1 folds and scored on the K-th.",
+    "claims": "The paper's qualitative claims tested on this run: paired differences (positive = "
+    "as claimed), 95% intervals, two-sided p-values, the minimum detectable difference at 80% "
+    "power, and a verdict (definitions: pipeline/claims.py).",
 }
+TABLE_VIEWS = tuple(NOTES)
 
 
 def write_tables(views: dict[str, pl.DataFrame], paths: list[str | Path]) -> None:
@@ -92,39 +103,133 @@ def _line() -> pl.Expr:
     )
 
 
-def summary_markdown(views: dict[str, pl.DataFrame], fits: dict[str, tuple[float, float] | None] | None = None,
+def _ci(lo: str, hi: str) -> pl.Expr:
+    """'[lo, hi]' with three decimals ('–' where undefined)."""
+    return (pl.when(pl.col(lo).is_not_null() & pl.col(lo).is_not_nan())
+            .then(pl.format("[{}, {}]", pl.col(lo).round(3), pl.col(hi).round(3))).otherwise(pl.lit("–")))
+
+
+def _pm(value: str, se: str) -> pl.Expr:
+    """'value ± 1.96 se' with three decimals."""
+    return (pl.when(pl.col(value).is_not_null())
+            .then(pl.format("{} ± {}", pl.col(value).round(3), (1.959964 * pl.col(se)).round(3)))
+            .otherwise(pl.lit("–")))
+
+
+def claims_markdown(claims: pl.DataFrame, power: pl.DataFrame | None = None) -> list[str]:
+    """The claim table of one dataset and the power line(s)."""
+    from pipeline.claims import CLAIMS
+
+    out = ["### The paper's claims, tested on this run", "",
+           "Paired differences over the problems, oriented so that positive is what the paper "
+           "claims; 95% intervals; verdict: supported (interval above 0), refuted (below 0), "
+           "otherwise inconclusive at this number of problems (per line, not corrected for the "
+           "number of lines). MDE: the smallest true difference that line's test detects with 80% "
+           "power (two-sided 5%). Definitions: `pipeline/claims.py`.", ""]
+    t = claims.with_columns(
+        claim=pl.col("claim").replace_strict(CLAIMS, default=pl.col("claim")),
+        ci=_ci("ci_low", "ci_high"),
+        subject=pl.when(pl.col("note").str.len_chars() > 0).then(
+            pl.concat_str([pl.col("subject"), pl.lit(" ("), pl.col("note"), pl.lit(")")])).otherwise(pl.col("subject")),
+    ).select("claim", "subject", "test", "diff", pl.col("ci").alias("95% CI"), pl.col("p_value").alias("p"),
+             "mde", "verdict")
+    out += [markdown_table(t), ""]
+    if power is not None and power.height:
+        for r in power.iter_rows(named=True):
+            out.append(
+                f"Smallest detectable difference for {r['comparison']} (best-of-N against majority "
+                f"voting at the largest n) with {r['num_problems']} problems: **{_fmt(r['mde'])}** at "
+                f"80% power, two-sided 5% (= ({r['z_alpha']:.2f} + {r['z_power']:.2f}) x sd / sqrt(n); "
+                f"sd of the per-problem differences {_fmt(r['sd_diff'])}, n = {r['num_problems']}).")
+        out.append("")
+    return out
+
+
+def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
                      models: pl.DataFrame | None = None) -> str:
-    """The Markdown summary of the three views (paper FLOPs convention)."""
-    curve, front, optimal = views["accuracy_vs_flops"], views["pareto"], views["compute_optimal"]
+    """The Markdown summary (paper FLOPs convention). `views` as aggregate.read_views
+    returns them; `fits` per dataset a pipeline.stats.SizeFit (or an (a, b) pair) or None."""
+    points = views.get("points", views.get("accuracy_vs_flops"))
+    front, optimal = views["pareto"], views["compute_optimal"]
+    claims, power = views.get("claims"), views.get("power")
+    models = views.get("models") if models is None else models
+    analysis = views["analysis"].row(0, named=True) if "analysis" in views and views["analysis"].height else None
     out = ["# Compute-optimal inference: summary", "",
-           "Drawn from the views of `results/inference.duckdb` (FLOPs per problem, paper "
-           "convention: 2 x policy parameters x generated tokens). Figures: "
-           "`results/plots/`; full report: `snakemake --report results/report.html`.", ""]
+           "Drawn from `results/inference.duckdb` (FLOPs per problem, paper convention: 2 x "
+           "policy parameters x generated tokens). Figures: `results/plots/`; full report: "
+           "`snakemake --report results/report.html`.", ""]
+    if analysis:
+        out += [f"Protocol: PRM strategies enter the front, the compute-optimal choice, the claims "
+                f"and the figures with the step aggregation(s) {', '.join(analysis['aggregations'])} "
+                f"(config `analysis.aggregations`; the paper reports `last`); the others stay in "
+                f"`replay` and `accuracy_vs_flops`. Held-out accuracies: the choice is made on "
+                f"{analysis['folds'] - 1} of {analysis['folds']} folds of the problems (seed "
+                f"{analysis['seed']}, table `folds`) and scored on the remaining one, for every fold. "
+                f"Intervals are 95% (normal; paired where two points are compared).", ""]
     if models is not None and models.height:
         out += ["## Models", "", markdown_table(models.select("model", "params_total", "params_embedding")), ""]
-    for dataset in curve["dataset"].unique(maintain_order=True).to_list():
-        c = curve.filter(pl.col("dataset") == dataset)
+    for dataset in points["dataset"].unique(maintain_order=True).to_list():
+        c = points.filter(pl.col("dataset") == dataset)
+        if "headline" in c.columns:
+            c = c.filter(pl.col("headline"))
+        out += [f"## {dataset}", "", f"{c['num_problems'].max()} problems.", ""]
+        if claims is not None:
+            out += claims_markdown(claims.filter(pl.col("dataset") == dataset),
+                                   power.filter(pl.col("dataset") == dataset) if power is not None else None)
         best = (
             c.with_columns(line=pl.when(pl.col("oracle")).then(pl.concat_str([_line(), pl.lit(" (oracle)")]))
-                           .otherwise(_line()))
+                           .otherwise(_line()),
+                           lo=pl.col("accuracy") - 1.959964 * pl.col("accuracy_se"),
+                           hi=pl.col("accuracy") + 1.959964 * pl.col("accuracy_se"))
             .sort("n").group_by("line", maintain_order=True).last()
-            .select("line", "n", "accuracy", "accuracy_se", "flops_paper", "flops_full")
+            .with_columns(ci=_ci("lo", "hi"))
+            .select("line", "n", "accuracy", pl.col("ci").alias("95% CI"), "flops_paper", "flops_full")
             .sort("accuracy", descending=True)
         )
-        out += [f"## {dataset}", "", f"{c['num_problems'].max()} problems.", "",
-                "### Accuracy at the largest n of every line", "", markdown_table(best), ""]
+        out += ["### Accuracy at the largest n of every line", "", markdown_table(best), ""]
         f = front.filter((pl.col("dataset") == dataset) & (pl.col("convention") == "paper"))
+        line = pl.when(pl.col("tied") > 1).then(
+            pl.concat_str([_line(), pl.lit(" (+"), (pl.col("tied") - 1).cast(pl.String), pl.lit(" tied)")])
+        ).otherwise(_line())
+        if "held_out_accuracy" in f.columns:
+            f = f.with_columns(line=line, held_out=_pm("held_out_accuracy", "held_out_se"),
+                               gain_ci=_ci("gain_ci_low", "gain_ci_high")).select(
+                "line", "n", pl.col("accuracy").alias("in-sample"), pl.col("held_out").alias("held-out ± 95%"),
+                "flops", pl.col("gain").alias("gain vs previous"), pl.col("gain_ci").alias("gain 95% CI"),
+                pl.col("beats_previous").alias("significant"))
+        else:
+            f = f.with_columns(line=line).select("line", "n", "accuracy", "flops")
         out += ["### Pareto front (paper FLOPs)", "",
-                markdown_table(f.with_columns(line=pl.when(pl.col("tied") > 1).then(
-                    pl.concat_str([_line(), pl.lit(" (+"), (pl.col("tied") - 1).cast(pl.String), pl.lit(" tied)")])
-                ).otherwise(_line())).select("line", "n", "accuracy", "flops")), ""]
+                "In-sample accuracy is the maximum over many noisy points (biased upwards); held-out is "
+                "the cross-fitted choice within the same FLOPs, scored on problems it did not see. "
+                "gain: paired difference to the previous (cheaper) front point.", "",
+                markdown_table(f), ""]
         o = optimal.filter((pl.col("dataset") == dataset) & (pl.col("convention") == "paper"))
+        if "held_out_accuracy" in o.columns:
+            o = o.with_columns(line=_line()).select(
+                "budget", "line", "n", pl.col("accuracy").alias("in-sample"),
+                pl.col("held_out_accuracy").alias("held-out"), pl.col("held_out_se").alias("held-out SE"),
+                "flops", pl.format("{}/{}", "folds_agreeing", "num_folds").alias("folds agreeing"))
+        else:
+            o = o.with_columns(line=_line()).select("budget", "line", "n", "accuracy", "flops")
         out += ["### Compute-optimal choice per budget (paper FLOPs)", "",
-                markdown_table(o.with_columns(line=_line()).select("budget", "line", "n", "accuracy", "flops")), ""]
-        if fits and fits.get(dataset):
-            a, b = fits[dataset]
-            out += [f"Compute-optimal model size: fitted log10 C = {a:.2f} log10 N {b:+.2f} "
-                    "(the paper: log10 C = 1.19 log10 N + 2.03).", ""]
+                "The in-sample choice and its accuracy beside the held-out accuracy of the choice made "
+                "on the other folds (folds agreeing: how many folds chose the same point).", "",
+                markdown_table(o), ""]
+        fit = (fits or {}).get(dataset)
+        if fit is not None:
+            if hasattr(fit, "slope"):
+                text = (f"Compute-optimal model size: fitted log10 C = {fit.slope:.2f} log10 N "
+                        f"{fit.intercept:+.2f} (the paper: log10 C = 1.19 log10 N + 2.03)")
+                if not math.isnan(fit.slope_low):
+                    text += (f"; bootstrap over problems ({fit.fitted} of {fit.resamples} resamples had "
+                             f"a fit): slope 95% [{fit.slope_low:.2f}, {fit.slope_high:.2f}], intercept "
+                             f"[{fit.intercept_low:.2f}, {fit.intercept_high:.2f}]")
+                out += [text + ".", ""]
+            else:
+                a, b = fit
+                out += [f"Compute-optimal model size: fitted log10 C = {a:.2f} log10 N {b:+.2f} "
+                        "(the paper: log10 C = 1.19 log10 N + 2.03).", ""]
         elif fits is not None and dataset in fits:
             out += ["Compute-optimal model size: one model size is optimal at every budget, "
                     "so no line can be fitted.", ""]

@@ -18,6 +18,9 @@ Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row pe
     prm_tokens   int32          tokens the PRM read for this sample (0 when not scored)
     prm          str            PRM name in config
     prm_params   int64          parameters of the PRM's forward pass (FLOPs)
+Each score shard carries its timing record (`pipeline.timing`: PRM load and scoring
+seconds, tokens read, device) as Parquet metadata; a fitted value head keeps its own in
+value_head.json under `training.timing`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io, labels, models
+from pipeline import io, labels, models, timing
 
 SCORES = {
     "problem_id": pl.String,
@@ -54,6 +57,8 @@ def open_prm(spec: dict, *, policy_dir: str, head_dir: str | None):
     return prm.load(fmt, spec.get("model"), **options)
 
 
+# Options of a value-head entry that say how to load the policy (the rest tune the fit).
+LOAD_OPTIONS = ("device", "dtype", "tokenizer", "revision", "trust_remote_code")
 TAGGED_FORMATS = ("math-shepherd", "qwen-prm", "llemma-prm")
 POLICY_FORMATS = ("value-head", "logprob")  # read the policy model itself
 
@@ -170,10 +175,17 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
     def args(df):
         return df["question"].to_list(), df["text"].to_list(), [list(e) for e in df["step_ends"]]
 
-    head = prm.train_value_head(policy_dir, *args(fit), fit["correct"].to_list(), l2=train_cfg.get("l2", 1e-3),
-                                labels_per_step=fit["target"].to_list() if targets is not None else None, **options)
-    scores, _ = head.score(*args(test))
-    scored = test.with_columns(scores=pl.Series(scores, dtype=pl.List(pl.Float64)), mean_logprob=prm_quality.mean_logprob())
+    watch = timing.Stopwatch()
+    with watch.phase("load"):  # the policy, loaded once and handed to the fit
+        policy = prm.load("logprob", policy_dir, **{k: options[k] for k in LOAD_OPTIONS if k in options})
+    with watch.phase("work"):
+        head = prm.train_value_head(policy_dir, *args(fit), fit["correct"].to_list(), l2=train_cfg.get("l2", 1e-3),
+                                    labels_per_step=fit["target"].to_list() if targets is not None else None,
+                                    **options, _loaded=(policy.model, policy.tokenizer))
+        scores, heldout_tokens = head.score(*args(test))
+    scored = test.with_columns(scores=pl.Series(scores, dtype=pl.List(pl.Float64)))
+    if {"cumulative_logprob", "output_tokens"} <= set(scored.columns):  # the baseline, where recorded
+        scored = scored.with_columns(prm_quality.mean_logprob())
     supervision = labels.supervision_of(spec)
     heldout = {"problems": len(held), **prm_quality.quality(scored, test["target"].to_list())}
     # auc_step above is against the head's own labels; on arith problems also against the
@@ -185,6 +197,10 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
     if supervision == "rollouts":
         head.training["rollouts"] = labels.rollout_settings(spec)
     head.training["heldout"] = heldout
+    head.training["timing"] = timing.record(
+        watch, device=timing.describe_device(policy.device), problems=len(ids), samples=data.height,
+        prm_tokens=head.training.get("tokens", 0) + sum(heldout_tokens),
+    )
     # Saved under a temporary name and renamed: a killed job never leaves a head that
     # looks trained.
     tmp = Path(out + ".tmp")
@@ -215,11 +231,17 @@ def main(argv: list[str] | None = None) -> None:
         train(spec=spec, policy_dir=policy_dir, problems=a.problems, shards=a.shards, grades=a.grades, out=a.out,
               rollouts=a.rollouts)
         return
-    scorer = open_prm(spec, policy_dir=policy_dir, head_dir=a.head)
+    watch = timing.Stopwatch()
+    with watch.phase("load"):
+        scorer = open_prm(spec, policy_dir=policy_dir, head_dir=a.head)
     samples = pl.concat([pl.read_parquet(f) for f in a.shards])
-    out = score_samples(scorer, a.name, samples, pl.read_parquet(a.problems), batch_size=a.batch_size or spec.get("batch_size", 8),
-                        where=", ".join(a.shards))
-    io.write_parquet(out, a.out)
+    with watch.phase("work"):
+        out = score_samples(scorer, a.name, samples, pl.read_parquet(a.problems),
+                            batch_size=a.batch_size or spec.get("batch_size", 8), where=", ".join(a.shards))
+    measured = timing.record(watch, device=timing.describe_device(getattr(scorer, "device", "cpu")),
+                             problems=out["problem_id"].n_unique(), samples=out.height,
+                             prm_tokens=out["prm_tokens"].sum())
+    io.write_parquet(out, a.out, metadata=timing.as_metadata(measured))
     print(f"{out.height} samples scored by {a.name} ({out['prm_tokens'].sum()} tokens) -> {a.out}")
 
 

@@ -1,18 +1,34 @@
 """Tree search guided by a PRM: REBASE, MCTS and PRM beam search, batched across problems.
 
-A *step* is one generation stopped at a newline; a *node* is a partial solution (the
-steps so far) with the PRM's score of every step. Every round of every algorithm is ONE
-`Generator.expand` call over the nodes of all problems (vLLM batches them, and prefix
-caching shares each problem's prompt and every node's path among its children), then
-ONE PRM call over all new children. Nothing runs one problem at a time.
+A *step* is one generation of at most `max_step_tokens` tokens; a *node* is a partial
+solution (the steps so far) with the PRM's score of every step. Every round of every
+algorithm is ONE `Generator.expand` call over the nodes of all problems (vLLM batches
+them, and prefix caching shares each problem's prompt and every node's path among its
+children), then ONE PRM call over all new children. Nothing runs one problem at a time.
 
-A node is *complete* when its last step holds a final answer ("The answer is X"), when
-the model ends the solution (EOS, a blank line or a prompt stop string such as
-"\\nQuestion:"), at `max_depth` steps, or when the solution has used `max_tokens`
-policy tokens (every request's token cap is what is left of that budget, so the cap
-always fires). A child whose solution ended before its first step has no steps and no
-answer (graded wrong, like an empty sample); every other child is scored, and a PRM
-error is an error of the job, never a dropped child.
+Step and completion rules (`Limits`, config `search.<name>`; defaults in brackets):
+    step_stop        [none] where a step ends. None: at a newline; a step is one line and
+                     the newline stays between steps (the PRM scores each line). A string:
+                     the policy writes until it (vLLM drops it from the step, so the next
+                     step begins by writing it again, as the paper's SGLang `stop` does),
+                     with "{depth}" filled in by `prompts.step_stop`: the paper's REBASE
+                     uses "Step {depth+2}". Steps are then raw text chunks, scored at
+                     their ends, and may span several lines.
+    blank_line_ends  [true] a blank line ends the solution (false needs step_stop: with
+                     line steps a blank line is an empty step).
+    dead_ends        [leaf] what a solution that ends WITHOUT a final answer becomes:
+                     "leaf" (a complete leaf: it uses width/budget and can be chosen,
+                     graded wrong) or "drop" (discarded: it uses no width, REBASE gives
+                     its share to the live nodes; the paper's REBASE counts only nodes
+                     with "The answer is" as leaves).
+    max_depth, max_step_tokens, max_tokens   the caps below.
+A node is *complete* when its last step holds a final answer ("The answer is X",
+\\boxed{}), when the model ends the solution (EOS, a prompt stop string such as
+"\\nQuestion:", or a blank line when it ends solutions), at `max_depth` steps, or when
+the solution has used `max_tokens` policy tokens (every request's token cap is what is
+left of that budget, so the cap always fires). A child whose solution ended before its
+first step has no steps and no answer (graded wrong, like an empty sample); every other
+child is scored, and a PRM error is an error of the job, never a dropped child.
 
 Algorithms (`budget` is the config's `search.<name>.budgets` entry):
     rebase  Reward-balanced search (Wu et al. 2024, sec. 4): the root gets `budget`
@@ -53,6 +69,8 @@ SEARCH, one row per problem x selection x aggregation:
     prm_params     int64
     flops_paper    float64  2 * policy params * output_tokens
     flops_full     float64  2 * policy params * (output + prompt tokens) + 2 * PRM params * prm_tokens
+The results file carries the job's timing record (`pipeline.timing`: engine and PRM
+load seconds, search seconds with the PRM calls, tokens, device) as Parquet metadata.
 LEAVES ({block}.leaves.parquet), one row per complete leaf, for inspection:
     problem_id, leaf (int32), text, scores (list[float64]), depth (int32), tokens (int32),
     end (why it is complete), answer, answer_class, correct
@@ -71,7 +89,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from pipeline import grading, io, prompts
+from pipeline import grading, io, prompts, timing
 
 ALGORITHMS = ("rebase", "beam", "mcts")
 SELECTIONS = ("majority", "best_of_n", "weighted_majority")
@@ -152,9 +170,10 @@ def allocate(scores: Sequence[float], budget: int, temperature: float) -> list[i
 
 @dataclass
 class Step:
-    """One generated step: its text (without the newline), policy tokens generated,
-    context tokens the request read, and why it stopped: "newline", "eos", "stop"
-    (another stop string) or "length" (the request's token cap)."""
+    """One generated step: its text (without the newline or step stop string), policy
+    tokens generated, context tokens the request read, and why it stopped: "newline",
+    "step" (the step stop string of `Limits.step_stop`), "eos", "stop" (another stop
+    string) or "length" (the request's token cap)."""
 
     text: str
     tokens: int
@@ -163,8 +182,12 @@ class Step:
 
 
 class Generator(Protocol):
-    def expand(self, contexts: list[str], counts: list[int], max_tokens: list[int]) -> list[list[Step]]:
-        """`counts[i]` sampled steps continuing `contexts[i]`, each at most `max_tokens[i]` tokens."""
+    def expand(self, contexts: list[str], counts: list[int], max_tokens: list[int],
+               stops: list[list[str]] | None = None) -> list[list[Step]]:
+        """`counts[i]` sampled steps continuing `contexts[i]`, each at most `max_tokens[i]`
+        tokens. `stops` (only with `Limits.step_stop`): request i stops at any of
+        `stops[i]`, whose first entry is the step stop string; without it a step ends at
+        a newline."""
 
 
 @dataclass(eq=False)
@@ -179,6 +202,7 @@ class Node:
     visits: int = 0  # MCTS statistics
     value_sum: float = 0.0
     exhausted: bool = False  # MCTS: nothing left to expand below
+    sep: str = "\n"  # between steps: "\n" for line steps, "" for raw chunks (step_stop)
 
     @property
     def complete(self) -> bool:
@@ -190,7 +214,22 @@ class Node:
 
     @property
     def text(self) -> str:
-        return "\n".join(self.steps)
+        return self.sep.join(self.steps)
+
+    def step_ends(self) -> list[int]:
+        """Where each step ends in `text` (the PRM's step boundaries)."""
+        if self.sep == "\n":
+            return prompts.step_ends(self.text)  # one step per line
+        ends, pos = [], 0
+        for step in self.steps:  # raw chunks: each ends after its last visible character
+            ends.append(pos + len(step.rstrip()))
+            pos += len(step)
+        return ends
+
+    @property
+    def answered(self) -> bool:
+        """Whether the last step holds a final answer (an earlier one would have ended the node)."""
+        return bool(self.steps) and grading.extract_answer(self.steps[-1]) is not None
 
     @property
     def score(self) -> float:
@@ -200,9 +239,29 @@ class Node:
 
 @dataclass(frozen=True)
 class Limits:
+    """Caps and the step and completion rules (module docstring); the defaults are the
+    embedded default's line steps. `DEFAULT_RULES` are the rules' defaults."""
+
     max_depth: int = 12
     max_step_tokens: int = 64
     max_tokens: int = 160
+    step_stop: str | None = None
+    blank_line_ends: bool = True
+    dead_ends: str = "leaf"
+
+    def __post_init__(self) -> None:
+        # messages start with the field's name (plan.searches prefixes "search.<name>.")
+        if self.dead_ends not in ("leaf", "drop"):
+            raise ValueError(f"dead_ends: must be 'leaf' or 'drop', got {self.dead_ends!r}")
+        if self.step_stop is None and not self.blank_line_ends:
+            raise ValueError("blank_line_ends: false needs a step_stop (with line steps a blank line is an "
+                             "empty step, which ends the solution)")
+        if self.step_stop is not None and (why := prompts.check_step_stop(self.step_stop)):
+            raise ValueError(f"step_stop: {why}")
+
+
+# The rules' defaults: today's line steps (plan.searches keys an entry by the rules it changes).
+DEFAULT_RULES = {"step_stop": None, "blank_line_ends": True, "dead_ends": "leaf"}
 
 
 @dataclass
@@ -217,6 +276,7 @@ class Tree:
     prompt_tokens: int = 0
     prm_tokens: int = 0
     depth: int = 0
+    dropped: int = 0  # dead ends discarded (dead_ends "drop")
 
 
 class Searcher:
@@ -226,10 +286,15 @@ class Searcher:
                  stop: Sequence[str], limits: Limits, batch_size: int = 8):
         self.generator, self.prm, self.limits, self.batch_size = generator, prm, limits, batch_size
         self.stop = [s for s in stop if s]
-        self.trees = [Tree(q, p, Node(i)) for i, (q, p) in enumerate(zip(questions, prompts_, strict=True))]
+        # With raw steps, vLLM looks for the solution's stop strings itself (the blank
+        # line too, when it ends solutions); line steps find them in `_child`.
+        self.raw_stops = [*self.stop, *(["\n\n"] if limits.blank_line_ends and "\n\n" not in self.stop else [])]
+        sep = "\n" if limits.step_stop is None else ""
+        self.trees = [Tree(q, p, Node(i, sep=sep)) for i, (q, p) in enumerate(zip(questions, prompts_, strict=True))]
 
     def context(self, node: Node) -> str:
-        return self.trees[node.problem].prompt + "".join(s + "\n" for s in node.steps)
+        # line steps: every step is followed by its newline
+        return self.trees[node.problem].prompt + node.text + (node.sep if node.steps else "")
 
     def expand(self, requests: list[tuple[Node, int]]) -> list[list[Node]]:
         """Children of every (node, count) request: one generate call, one PRM call."""
@@ -239,10 +304,14 @@ class Searcher:
         for node, _ in requests:
             if node.complete:
                 raise RuntimeError(f"search: expanding a complete node (problem {node.problem})")
+        extra = {}
+        if self.limits.step_stop is not None:
+            extra["stops"] = [[prompts.step_stop(self.limits.step_stop, n.depth), *self.raw_stops] for n, _ in requests]
         steps = self.generator.expand(
             [self.context(n) for n, _ in requests],
             [k for _, k in requests],
             [min(self.limits.max_step_tokens, self.limits.max_tokens - n.tokens) for n, _ in requests],
+            **extra,
         )
         out: list[list[Node]] = []
         for (node, k), got in zip(requests, steps, strict=True):
@@ -258,15 +327,27 @@ class Searcher:
         tree = self.trees[parent.problem]
         tree.output_tokens += step.tokens
         tree.prompt_tokens += step.context_tokens
-        child = Node(parent.problem, list(parent.steps), list(parent.scores), parent.tokens + step.tokens, parent)
+        child = Node(parent.problem, list(parent.steps), list(parent.scores), parent.tokens + step.tokens, parent,
+                     sep=parent.sep)
         text, ended = step.text, step.end in ("eos", "stop")
-        # The prompt's stop strings (e.g. "\n\n", "\nQuestion:") start with the newline
-        # that ended the previous step, so vLLM never sees them whole: look for them in
-        # the step as it sits after that newline.
-        framed = "\n" + text + ("\n" if step.end == "newline" else "")
-        cut = min((framed.find(s) for s in self.stop if s in framed), default=-1)
-        if cut >= 0:
-            text, ended = framed[1:max(cut, 1)], True
+        if self.limits.step_stop is None:
+            # The prompt's stop strings (e.g. "\n\n", "\nQuestion:") start with the newline
+            # that ended the previous step, so vLLM never sees them whole: look for them in
+            # the step as it sits after that newline.
+            framed = "\n" + text + ("\n" if step.end == "newline" else "")
+            cut = min((framed.find(s) for s in self.stop if s in framed), default=-1)
+            if cut >= 0:
+                text, ended = framed[1:max(cut, 1)], True
+        else:
+            # vLLM found the stop strings inside the step; one may also begin in the
+            # text before it (a blank line split between two steps).
+            context = self.context(parent)
+            reach = max((len(s) for s in self.raw_stops), default=1) - 1  # chars a stop can reach back
+            tail = context[max(0, len(context) - reach):] if reach else ""
+            framed = tail + text
+            cuts = [i for s in self.raw_stops if (i := framed.find(s, max(0, len(tail) - len(s) + 1))) >= 0]
+            if cuts:
+                text, ended = text[:max(0, min(cuts) - len(tail))], True
         if text.strip():
             child.steps.append(text)
             child.scores.append(math.nan)  # filled by _score
@@ -294,7 +375,7 @@ class Searcher:
         texts = [t for _, t in keys]
         scores, tokens = self.prm.score(
             [self.trees[p].question for p, _ in keys], texts,
-            [prompts.step_ends(t) for t in texts], batch_size=self.batch_size,
+            [unique[k][0].step_ends() for k in keys], batch_size=self.batch_size,
         )
         for (p, text), s, t in zip(keys, scores, tokens, strict=True):
             nodes = unique[(p, text)]
@@ -308,7 +389,13 @@ class Searcher:
             self.trees[p].prm_tokens += int(t)
 
     def finish(self, node: Node) -> None:
-        self.trees[node.problem].leaves.append(node)
+        """A complete node becomes a leaf, or, when it has no final answer and the rules
+        drop dead ends, is discarded (it then uses no width)."""
+        tree = self.trees[node.problem]
+        if self.limits.dead_ends == "drop" and not node.answered:
+            tree.dropped += 1
+            return
+        tree.leaves.append(node)
 
     def sort_out(self, groups) -> list[Node]:
         """Complete children become leaves; the live ones are returned in order."""
@@ -326,14 +413,16 @@ class Searcher:
 
 
 def rebase(s: Searcher, budget: int, *, temperature: float = 0.2) -> list[Tree]:
-    """REBASE over all problems of `s`; every tree ends with exactly `budget` leaves."""
+    """REBASE over all problems of `s`; every tree ends with exactly `budget` leaves
+    (fewer only when dead ends are dropped and every branch ended)."""
     plans: list[list[tuple[Node, int]]] = [[(t.root, budget)] for t in s.trees]
     while any(plans):
         children = iter(s.expand([r for plan in plans for r in plan]))
         for p, plan in enumerate(plans):
             live = s.sort_out(next(children) for _, k in plan if k > 0)
             left = budget - len(s.trees[p].leaves)
-            plans[p] = list(zip(live, allocate([c.score for c in live], left, temperature))) if left else []
+            # no live node left: every branch ended (dropped dead ends leave fewer leaves)
+            plans[p] = list(zip(live, allocate([c.score for c in live], left, temperature))) if left and live else []
     return s.trees
 
 
@@ -541,29 +630,34 @@ def tables(entries: list[dict]) -> tuple[pl.DataFrame | None, list[pl.DataFrame]
 
 class VLLMGenerator:
     """`Generator` on a vLLM engine: one `LLM.generate` call per round, n samples per
-    node, stopping at the first newline (or the prompt's other stop strings)."""
+    node, stopping at the first newline (or the prompt's other stop strings), or, when
+    the Searcher passes `stops`, at each request's own stop strings."""
 
     def __init__(self, llm: Any, *, temperature: float, top_p: float, stop: Sequence[str] = ()):
         self.llm, self.temperature, self.top_p = llm, temperature, top_p
         self.stop = ["\n", *[s for s in stop if s and "\n" not in s]]
 
-    def expand(self, contexts: list[str], counts: list[int], max_tokens: list[int]) -> list[list[Step]]:
+    def expand(self, contexts: list[str], counts: list[int], max_tokens: list[int],
+               stops: list[list[str]] | None = None) -> list[list[Step]]:
         from vllm import SamplingParams
 
+        per = [self.stop] * len(contexts) if stops is None else stops
         params = [
-            SamplingParams(n=k, temperature=self.temperature, top_p=self.top_p, max_tokens=m, stop=self.stop)
-            for k, m in zip(counts, max_tokens, strict=True)
+            SamplingParams(n=k, temperature=self.temperature, top_p=self.top_p, max_tokens=m, stop=list(st))
+            for k, m, st in zip(counts, max_tokens, per, strict=True)
         ]
         outputs = self.llm.generate(contexts, params)
         out = []
-        for o in outputs:
+        for o, st in zip(outputs, per, strict=True):
             ctx = len(o.prompt_token_ids)
             steps = []
             for c in sorted(o.outputs, key=lambda c: c.index):
                 if c.finish_reason == "length":
                     end = "length"
-                elif c.stop_reason == "\n":
+                elif stops is None and c.stop_reason == "\n":
                     end = "newline"
+                elif stops is not None and c.stop_reason == st[0]:
+                    end = "step"
                 elif isinstance(c.stop_reason, str):
                     end = "stop"
                 else:  # None or a stop token id: the model ended the text
@@ -590,9 +684,11 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
     """Run one (search, budget, problem block) job and write its two Parquet files."""
     from pipeline import generate, score
 
-    prm = score.open_prm(spec["prm"], policy_dir=model_dir, head_dir=head_dir)
-    llm = generate.make_engine(model_dir, seed=generate.engine_seed(spec["key"], f"{budget}/{block}"),
-                               engine_args=engine_args(spec.get("engine_args")))
+    watch = timing.Stopwatch()
+    with watch.phase("load"):
+        prm = score.open_prm(spec["prm"], policy_dir=model_dir, head_dir=head_dir)
+        llm = generate.make_engine(model_dir, seed=generate.engine_seed(spec["key"], f"{budget}/{block}"),
+                                   engine_args=engine_args(spec.get("engine_args")))
     prompt = spec["prompt"]
     tokenizer = llm.get_tokenizer() if prompt.get("format") == "chat" else None
     questions = problems["question"].to_list()
@@ -603,12 +699,19 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
         stop=prompt.get("stop", []), limits=Limits(**spec["limits"]),
         batch_size=batch_size,
     )
-    trees = run(spec["algorithm"], searcher, budget, spec["settings"])
-    leaves = leaves_table(trees, problems)
-    res = results(trees, leaves, problems, algorithm=spec["algorithm"], budget=budget, params=params,
-                  prm_params=prm.num_parameters)
+    with watch.phase("work"):
+        trees = run(spec["algorithm"], searcher, budget, spec["settings"])
+        leaves = leaves_table(trees, problems)
+        res = results(trees, leaves, problems, algorithm=spec["algorithm"], budget=budget, params=params,
+                      prm_params=prm.num_parameters)
+    device = timing.job_device(timing.describe_device(gpus=timing.engine_gpus(spec.get("engine_args"))),
+                               timing.describe_device(getattr(prm, "device", "cpu")))
+    measured = timing.record(
+        watch, device=device, problems=len(trees), samples=leaves.height, prompt_tokens=sum(t.prompt_tokens for t in trees),
+        output_tokens=sum(t.output_tokens for t in trees), prm_tokens=sum(t.prm_tokens for t in trees),
+    )
     io.write_parquet(leaves, leaves_out)
-    io.write_parquet(res, out)
+    io.write_parquet(res, out, metadata=timing.as_metadata(measured))
     with pl.Config(tbl_rows=20):
         print(res.group_by("selection", "aggregation").agg(pl.col("accuracy").mean(), pl.col("output_tokens").mean())
               .sort("selection", "aggregation"))

@@ -1,6 +1,8 @@
-# One job gathers every stage's results into DuckDB and draws what the report shows
-# (figures, the views as HTML tables, a Markdown summary), all from the database's
-# views. `snakemake --report results/report.html` embeds the outputs marked report().
+# One job gathers every stage's results into DuckDB, derives the analysis tables (folds,
+# held-out choices, the paper's claims; the config's `analysis` section, passed with the
+# whole config as JSON) and draws what the report shows (figures, the views as HTML
+# tables, a Markdown summary), all from the database. `snakemake --report
+# results/report.html` embeds the outputs marked report().
 
 
 rule aggregate:
@@ -44,6 +46,12 @@ rule aggregate:
             category="Tables",
             labels={"view": "compute_optimal"},
         ),
+        table_claims=report(
+            "results/tables/claims.html",
+            caption="../report/claims.rst",
+            category="Tables",
+            labels={"view": "claims"},
+        ),
         **get_size_figure(),
     params:
         manifest=get_manifest_json,
@@ -55,4 +63,5 @@ rule aggregate:
         "python -m pipeline.aggregate --manifest {params.manifest:q} --config {params.config:q} "
         "--db {output.db} --plot {output.plot} --plot-n {output.plot_n} {params.size} "
         "--summary {output.summary} "
-        "--tables {output.table_curve} {output.table_pareto} {output.table_optimal} > {log} 2>&1"
+        "--tables {output.table_curve} {output.table_pareto} {output.table_optimal} "
+        "{output.table_claims} > {log} 2>&1"

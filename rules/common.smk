@@ -13,6 +13,14 @@ from pipeline import score as score_checks
 models.check_sources(config["models"])
 score_checks.check_config(config)
 
+# "Every local core" for the engine rules (generate, score, train_value_head, search).
+# Snakemake caps a job's threads at --cores, so this means all of them; unlike
+# `workflow.cores` it needs no --cores in commands that run no job (`--report`,
+# `--summary`, `--list-changes`), which would otherwise stop with "Workflow requires a
+# total number of cores to be defined". (A `cores:` key in profiles/default would also
+# override profiles/slurm's `cores`: a workflow profile wins key by key.)
+ALL_CORES = 1 << 20
+
 CACHES = plan.caches(config)
 SEARCHES = plan.searches(config)
 ROLLOUTS = plan.rollouts(config, CACHES)
@@ -129,6 +137,18 @@ def get_manifest():
             for p in PRMS
         ],
         "search": search_manifest(),
+        # Read only for their timing records (the `timings` table): the training
+        # samples of the value heads and the heads fitted on them.
+        "training": [
+            {"dataset": c.dataset, "model": c.model, "kind": c.kind, "key": c.key, "shards": shard_paths(c)}
+            for c in CACHES
+            if c.kind == "train"
+        ],
+        "value_heads": [
+            {"dataset": f"{p}-train", "model": m, "prm": p, "dir": f"results/prms/{m}/{p}"}
+            for m in config["models"]
+            for p in plan.trained_prms(config)
+        ],
     }
 
 
@@ -168,6 +188,9 @@ def get_manifest_files():
         files += s["files"]
     for s in m["search"]:
         files += s["files"]
+    for c in m["training"]:
+        files += c["shards"]
+    files += [h["dir"] for h in m["value_heads"]]
     return files
 
 

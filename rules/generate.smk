@@ -13,7 +13,7 @@ rule generate:
         protected("results/samples/{dataset}/{model}/{key}/{shard}.parquet"),
     params:
         spec=get_generate_spec,
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=8000,

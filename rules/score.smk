@@ -11,7 +11,7 @@ rule train_value_head:
     params:
         spec=get_prm_spec,
         rollouts=get_rollouts_arg,
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=8000,
@@ -34,7 +34,7 @@ rule rollouts:
         protected("results/rollouts/{dataset}/{model}/{key}/rollouts.parquet"),
     params:
         spec=get_rollout_spec,
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=8000,
@@ -59,7 +59,7 @@ rule score:
     params:
         spec=get_prm_spec,
         head=get_head_arg,
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         prm_batch_size=get_prm_batch_size,

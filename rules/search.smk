@@ -15,7 +15,7 @@ rule search:
     params:
         spec=get_search_spec,
         head=get_head_arg,
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         prm_batch_size=get_prm_batch_size,

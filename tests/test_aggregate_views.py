@@ -1,5 +1,6 @@
-"""The views pareto and compute_optimal, the figures and the report's tables and summary,
-on small hand-built replay tables (no workflow run)."""
+"""The views pareto and compute_optimal (in-sample and held-out), the headline protocol,
+the figures and the report's tables and summary, on small hand-built replay tables (no
+workflow run)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,15 @@ def replay_rows(dataset, model, params, strategy, ns, accuracy, tokens, prm=None
     return rows
 
 
-def build(tmp_path, *, with_models=True, extra=()):
+def build(tmp_path, *, with_models=True, extra=(), analysis=None):
     rows = []
     rows += replay_rows("d", "small", 1e8, "majority", [1, 2, 4, 8, 16], lambda n: 0.2 + 0.1 * math.log2(n), 50)
     rows += replay_rows("d", "small", 1e8, "coverage", [1, 2, 4, 8, 16], lambda n: min(0.9, 0.2 + 0.18 * math.log2(n)), 50)
     rows += replay_rows("d", "small", 1e8, "greedy", [1], lambda n: 0.25, 50)
     rows += replay_rows("d", "small", 1e8, "best_of_n", [1, 2, 4, 8, 16], lambda n: 0.2 + 0.05 * math.log2(n), 50,
+                        prm="v", aggregation="last")
+    # another step aggregation, best everywhere: not a headline point by default
+    rows += replay_rows("d", "small", 1e8, "best_of_n", [1, 2, 4, 8, 16], lambda n: 0.3 + 0.12 * math.log2(n), 50,
                         prm="v", aggregation="min")
     rows += replay_rows("d", "large", 1e9, "majority", [1, 2, 4, 8, 16], lambda n: 0.45 + 0.1 * math.log2(n), 40)
     # tree search rows land in the same table: a new strategy name, nothing else
@@ -54,7 +58,7 @@ def build(tmp_path, *, with_models=True, extra=()):
             "tie_word_embeddings": [True, True],
         })
     db = tmp_path / "v.duckdb"
-    aggregate.write_duckdb(tables, db)
+    aggregate.write_duckdb(tables, db, analysis=analysis)
     return db
 
 
@@ -83,7 +87,7 @@ def test_accuracy_vs_flops_has_tokens_conventions_and_oracle_flag(tmp_path):
 @pytest.mark.parametrize("convention", ["paper", "full"])
 def test_pareto_matches_brute_force(tmp_path, convention):
     db = build(tmp_path)
-    curve = query(db, "SELECT * FROM accuracy_vs_flops WHERE NOT oracle")
+    curve = query(db, "SELECT * FROM points WHERE NOT oracle AND headline")
     front = query(db, f"SELECT * FROM pareto WHERE convention = '{convention}'")
     assert set(front["strategy"]) - {"majority", "greedy", "best_of_n", "rebase_majority"} == set()
     for dataset in ("d", "e"):
@@ -121,7 +125,7 @@ def test_pareto_random_points_against_brute_force(tmp_path):
 def test_pareto_keeps_one_of_tied_points(tmp_path):
     # at n = 1 voting and best-of-n are the same sample: same accuracy, same paper FLOPs
     rows = replay_rows("d", "m", 1e8, "majority", [1, 2], lambda n: 0.3 + 0.1 * n, 50)
-    rows += replay_rows("d", "m", 1e8, "best_of_n", [1, 2], lambda n: 0.4 if n == 1 else 0.45, 50, prm="v", aggregation="min")
+    rows += replay_rows("d", "m", 1e8, "best_of_n", [1, 2], lambda n: 0.4 if n == 1 else 0.45, 50, prm="v", aggregation="last")
     db = tmp_path / "t.duckdb"
     aggregate.write_duckdb({"replay": aggregate._replay_table([pl.DataFrame(rows)])}, db)
     front = query(db, "SELECT strategy, prm, n, tied FROM pareto WHERE convention = 'paper'")
@@ -131,7 +135,7 @@ def test_pareto_keeps_one_of_tied_points(tmp_path):
 def test_compute_optimal_is_the_best_point_within_each_budget(tmp_path):
     db = build(tmp_path)
     opt = query(db, "SELECT * FROM compute_optimal")
-    curve = query(db, "SELECT * FROM accuracy_vs_flops WHERE NOT oracle")
+    curve = query(db, "SELECT * FROM points WHERE NOT oracle AND headline")
     for (dataset, convention), g in opt.group_by("dataset", "convention"):
         g = g.sort("budget")
         # a log-spaced grid, 4 per decade, accuracy never falls as the budget grows
@@ -176,12 +180,54 @@ def test_figures_tables_and_summary(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
     assert not list(out.rglob("*.tmp"))
     pareto_html = (out / "tables" / "pareto.html").read_text()
-    assert "<table>" in pareto_html and "rebase_majority" in pareto_html
+    assert "<table>" in pareto_html and "rebase_majority" in pareto_html and "held_out_accuracy" in pareto_html
+    assert "verdict" in (out / "tables" / "claims.html").read_text()
     md = (out / "summary.md").read_text()
     assert "## d" in md and "## e" in md and "Pareto front" in md and "fitted log10 C" in md
     assert "large / rebase_majority [v, last]" in md
+    assert "The paper's claims, tested on this run" in md and "Voting saturates as n grows" in md
+    assert "not testable" in md and "held-out" in md and "slope 95% [" in md
+    assert "best_of_n [v, min]" not in md  # not a headline aggregation
     with pytest.raises(ValueError, match="file name"):
         report.write_tables(aggregate.read_views(db), [out / "nope.html"])
+
+
+def test_headline_aggregations_decide_what_competes(tmp_path):
+    """By default only `last` enters the front; `analysis.aggregations` switches others on,
+    and every aggregation stays in accuracy_vs_flops either way."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    default = build(tmp_path / "a")
+    both = build(tmp_path / "b", analysis={"aggregations": ["last", "min"]})
+    for db in (default, both):
+        assert set(query(db, "SELECT DISTINCT aggregation FROM accuracy_vs_flops WHERE prm = 'v'")["aggregation"]) == {"min", "last"}
+    assert "min" not in query(default, "SELECT aggregation FROM pareto")["aggregation"].to_list()
+    assert "min" in query(both, "SELECT aggregation FROM pareto")["aggregation"].to_list()
+    assert query(both, "SELECT aggregations FROM analysis").item().to_list() == ["last", "min"]
+    headline = query(default, "SELECT aggregation, headline FROM points WHERE prm = 'v' AND strategy = 'best_of_n'")
+    assert dict(headline.unique().rows()) == {"last": True, "min": False}
+    assert query(default, "SELECT family FROM points WHERE strategy = 'rebase_majority' LIMIT 1").item() == "tree search"
+
+
+def test_held_out_beside_in_sample(tmp_path):
+    db = build(tmp_path)
+    opt = query(db, "SELECT * FROM compute_optimal")
+    assert {"point", "held_out_accuracy", "held_out_se", "held_out_flops", "folds_agreeing", "num_folds"} <= set(opt.columns)
+    assert opt["held_out_accuracy"].is_not_null().all()
+    assert (opt["folds_agreeing"] <= opt["num_folds"]).all()
+    # with 4 problems there are 4 folds (min(K, problems)); here every fold agrees with
+    # the in-sample choice, whose per-problem results are the held-out ones
+    assert (opt["num_folds"] == 4).all()
+    agree = opt.filter(pl.col("folds_agreeing") == 4)
+    assert np.allclose(agree["held_out_accuracy"], agree["accuracy"])
+    front = query(db, "SELECT * FROM pareto WHERE dataset = 'd' AND convention = 'paper' ORDER BY flops")
+    assert front["previous"][0] is None and front["beats_previous"][0] is None
+    assert front["previous"][1:].to_list() == front["point"][:-1].to_list()
+    # the gain is the paired mean difference to the previous front point
+    assert np.allclose(front["gain"][1:].to_numpy(), np.diff(front["accuracy"].to_numpy()))
+    assert front["held_out_accuracy"].is_not_null().all()
+    held = query(db, "SELECT * FROM held_out WHERE at_point IS NOT NULL")
+    assert set(front["point"]) <= set(held["at_point"])
 
 
 def test_line_labels_are_unique_per_line(tmp_path):

@@ -49,6 +49,7 @@ MODEL = "smollm2-135m"
 SAMPLED = "p00000-00006_s0000-0004.parquet"  # TINY: 6 problems x 4 samples, one shard
 PRMS = ("logprob", "value-head")
 TABLES = ("problems", "models", "caches", "samples", "grades", "scores", "replay")  # at least
+MEASURED = {"replay": "EXCLUDE (seconds, load_s, device)"}  # pipeline/latency.py
 
 
 # ------------------------------------------------------------------------- helpers
@@ -123,12 +124,14 @@ def caches(run: Path) -> list[Path]:
 
 
 def tables(run: Path) -> dict[str, list[tuple]]:
-    """Every table of the database but provenance (which records when it was made)."""
+    """Every table of the database but provenance (which records when it was made) and
+    the measured wall-clock times (a rerun job takes its own time)."""
     with open_db(run) as con:
         names = [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
         assert set(TABLES) <= set(names)
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in names if t != "provenance"}
+        return {t: con.execute(f"SELECT * {MEASURED.get(t, '')} FROM {t} ORDER BY ALL").fetchall()
+                for t in names if t not in ("provenance", "timings")}
 
 
 def output(proc) -> str:

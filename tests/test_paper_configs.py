@@ -35,15 +35,44 @@ def test_schema_accepts(name):
     validate(config, str(REPO / "config" / "config.schema.yaml"), set_default=True)
 
 
-def test_paper_settings():
-    c = load("paper-math500")
+@pytest.mark.parametrize("name", CONFIGS)
+def test_paper_settings(name):
+    """The values of the paper's code (thu-wyz/inference_scaling), file by file."""
+    c = load(name)
     assert {m["path"] for m in c["models"].values()} == {
         "tkitsers/Llemma-metamath-7b", "tkitsers/Llemma-metamath-34b"}
-    assert [p["model"] for p in c["prms"].values()] == ["tkitsers/Llemma-reward-model"]
+    # sgl_baseline.py / rebase.py: model_type llemma prompts with the raw problem
+    # (GSM8K: question + "\n"), no stop strings (EOS only)
+    [prompt] = {m["prompt"] for m in c["models"].values()}
+    assert c["prompts"][prompt] == {"format": "plain", "template": "{question}" if name == "paper-math500"
+                                    else "{question}\n", "stop": []}
+    # hf_score.py: the causal-LM reward model, float16, reading the policy's prompt + solution
+    [prm] = c["prms"].values()
+    assert (prm["format"], prm["model"]) == ("llemma-prm", "tkitsers/Llemma-reward-model")
+    assert prm["options"]["dtype"] == "float16"
+    assert prm["options"].get("template", "{question}") == c["prompts"][prompt]["template"]
+    # sgl_baseline.sh MAX_TOKENS=1024, --temperature 1.0, SGLang's top_p 1.0
     s = c["sampling"]
     assert (s["temperature"], s["top_p"], s["max_tokens"], s["n"]) == (1.0, 1.0, 1024, 256)
-    assert c["search"]["rebase"]["budgets"] == [16, 32, 64, 128, 256]
-    assert c["datasets"]["math500"]["source"] == "math500"
+    # rebase.py + hype-parameters/rebase.yaml
+    r = c["search"]["rebase"]
+    assert r["budgets"] == [16, 32, 64, 128, 256]
+    assert {k: r[k] for k in ("algorithm", "temperature", "step_stop", "max_step_tokens", "max_depth", "max_tokens",
+                              "blank_line_ends", "dead_ends")} == {
+        "algorithm": "rebase", "temperature": 0.2, "step_stop": "Step {depth+2}", "max_step_tokens": 256,
+        "max_depth": 25, "max_tokens": 1024, "blank_line_ends": False, "dead_ends": "drop"}
+
+
+def test_paper_prompts_render_the_raw_problem():
+    from pipeline import prompts
+
+    c = load("paper-math500")
+    [prompt] = {m["prompt"] for m in c["models"].values()}
+    question = "Convert the point $(0,3)$ in rectangular coordinates to polar coordinates."
+    assert prompts.render(c["prompts"][prompt], question) == question
+    g = load("gsm8k")
+    [prompt] = {m["prompt"] for m in g["models"].values()}
+    assert prompts.render(g["prompts"][prompt], "How many?") == "How many?\n"
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -65,7 +65,7 @@ def make_dir(path, kind="causal", specials=SPECIALS, seed=0):
     return str(path)
 
 
-KIND = {"math-shepherd": "causal", "qwen-prm": "cls", "llemma-prm": "cls", "value-head": "causal", "logprob": "causal"}
+KIND = {"math-shepherd": "causal", "qwen-prm": "cls", "llemma-prm": "causal", "value-head": "causal", "logprob": "causal"}
 
 
 def train_head(policy_dir, n=8, **kw):
@@ -162,14 +162,106 @@ def test_qwen_prm_matches_direct_forward(prms):
 
 def test_llemma_prm_matches_direct_forward(prms):
     prm = prms["llemma-prm"]
-    scores, _ = prm.score([Q], [TEXT], [ENDS])
-    text = f"# Question\n\n{Q}\n\n# Solution\n\n" + "\n\n".join(P.split_steps(TEXT, ENDS)) + "\n\n"
-    enc, out = direct(prm.model, text)
-    nl = prm.tokenizer.convert_tokens_to_ids("\n")
-    ids = enc["input_ids"]
-    # the last "\n" of each "\n\n" after a step (the template's own blank lines come first)
-    pos = [i for i in range(1, len(ids)) if ids[i] == nl and ids[i - 1] == nl][-3:]
+    scores, tokens = prm.score([Q], [TEXT], [ENDS])
+    # hf_score.py: question + solution, no template; " ки" after every step
+    enc, out = direct(prm.model, Q + TEXT.replace(" .\n", " . ки\n") + " ки")
+    tag = prm.tokenizer.encode(" ки", add_special_tokens=False)[-1]
+    pos = [i for i, t in enumerate(enc["input_ids"]) if t == tag]
+    assert len(pos) == 3
     assert scores[0] == pytest.approx(out.logits[0, pos].mean(-1).sigmoid().tolist(), abs=1e-5)
+    assert tokens == [len(enc["input_ids"])]
+
+
+def test_tag_steps_reuses_the_policys_own_tags():
+    text = "Step 1: a ки\nStep 2: b\nThe answer is: 3 ки"
+    tagged, spans = P.tag_steps(text, split_step_ends(text), "ки", " ")
+    assert tagged == "Step 1: a ки\nStep 2: b ки\nThe answer is: 3 ки"
+    assert [tagged[s:e] for s, e in spans] == ["ки"] * 3
+    # a tag glued to the step ("b.ки") is not reused; a bare tag is not a step to reuse
+    tagged, _ = P.tag_steps("b.ки\nки", [4, 7], "ки", " ")
+    assert tagged == "b.ки ки\nки ки"
+
+
+def test_math_shepherd_does_not_double_tag(prms):
+    prm = prms["math-shepherd"]
+    own = TEXT.replace(" .\n", " . ки\n") + " ки"  # the policy wrote every tag itself
+    tag = prm.tokenizer.convert_tokens_to_ids("ки")
+    item = prm.encode(0, Q, own, split_step_ends(own))
+    assert item.input_ids.count(tag) == 3 and [item.input_ids[p] for p in item.positions] == [tag] * 3
+    assert prm.score([Q], [own], [split_step_ends(own)])[0] == prm.score([Q], [TEXT], [ENDS])[0]
+
+
+# A SentencePiece-like tokenizer (BPE over "▁"-prefixed words, as Llama's) in which " ки"
+# is the single token "▁ки", and a LlamaForCausalLM whose lm_head rows alternate two rows,
+# as convert_checkpoint_to_hf.py exports the paper's reward model.
+CORPUS = [
+    "Step 1: We have 3 + 4 = 7 . ки\nStep 2: So x = 7 / 4 . ки\nThe answer is: \\frac{7}{4} ки",
+    "What is 3 + 4 ? Step 1: Add them . ки\nThe answer is: 7 ки",
+    "Step 1: The area is 12 . ки\nStep 2: Half of it is 6 . ки\nThe answer is: 6 ки",
+] * 20
+
+
+def make_llemma_dir(path, *, seed=0, arch="llama"):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+    ])
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=96, special_tokens=["<unk>", "<s>", "</s>"]))
+    tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                               unk_token="<unk>", pad_token="</s>")
+    vocab = len(tok)
+    torch.manual_seed(seed)
+    sizes = dict(vocab_size=vocab + vocab % 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False)
+    if arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes))
+        with torch.no_grad():
+            two = torch.randn(2, sizes["hidden_size"])
+            model.lm_head.weight.copy_(two.repeat(sizes["vocab_size"] // 2, 1))  # rows r0, r1, r0, r1, ...
+    else:  # Phi: an lm_head with a bias, random rows (the mean identity holds for any head)
+        model = transformers.PhiForCausalLM(transformers.PhiConfig(**sizes))
+        with torch.no_grad():
+            torch.nn.init.normal_(model.lm_head.bias)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_llemma_prm_on_a_released_style_checkpoint(tmp_path, arch):
+    path = make_llemma_dir(tmp_path / "rm", arch=arch)
+    prm = prm_pkg.load("llemma-prm", path, device="cpu")
+    assert (prm.model.lm_head.bias is not None) == (arch == "phi")
+    assert prm.tokenizer.convert_ids_to_tokens(prm.tag_id) == "▁ки"
+    question = "What is 3 + 4 ?"
+    own = "Step 1: We have 3 + 4 = 7 . ки\nStep 2: So x = 7 / 4 . ки\nThe answer is: \\frac{7}{4} ки"
+    mixed = own.replace(" . ки\nStep 2", " .\nStep 2")  # the policy forgot one tag
+    texts = [own, mixed]
+    scores, tokens = prm.score([question] * 2, texts, [split_step_ends(t) for t in texts], batch_size=2)
+
+    # the reference: model(**enc).logits.mean(dim=-1).sigmoid() at tokenizer.encode(" ки")[-1]
+    tok = prm.tokenizer
+    step_tag_id = tok.encode(" ки")[-1]
+    for row, text in zip(scores, [own, own]):  # the forgotten tag is inserted where it belongs
+        enc = tok(question + text, return_tensors="pt")
+        with torch.no_grad():
+            ref = prm.model(**enc).logits.mean(dim=-1).sigmoid()[0]
+        at = enc["input_ids"][0] == step_tag_id
+        assert int(at.sum()) == 3  # one tag per step: none doubled, none missing
+        assert row == pytest.approx(ref[at].tolist(), abs=1e-5)
+    assert tokens[0] == tokens[1] == len(tok(question + own)["input_ids"])
+    assert len(set(scores[0])) == 3  # the positions differ, so do the scores
+
+
+def test_llemma_prm_needs_a_language_model_head(dirs):
+    with pytest.raises(ValueError, match="llemma-prm PRM .*has no language-model head"):
+        prm_pkg.load("llemma-prm", dirs["cls"], device="cpu")
 
 
 def test_value_head_and_logprob_match_direct_forward(prms):
@@ -261,6 +353,7 @@ def test_errors_name_prm_and_sample(prms, fmt):
     ("math-shepherd", ("<extra_0>",), {}),
     ("qwen-prm", ("ки", "<|im_start|>", "<|im_end|>"), {}),
     ("llemma-prm", SPECIALS, {"tag": "<step>"}),
+    ("llemma-prm", ("<extra_0>",), {}),
     ("math-shepherd", SPECIALS, {"good": "yes"}),
 ])
 def test_tokenizer_lacking_the_tag(tmp_path, fmt, specials, options):
@@ -338,3 +431,29 @@ def test_auc():
     assert prm_pkg.auc([0.2, 0.2, 0.9], [False, True, True]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="both classes"):
         prm_pkg.auc([0.1, 0.2], [1, 1])
+
+
+def test_metamath_sample_through_grading_steps_and_llemma_prm(tmp_path):
+    """A sample as the paper's policies write it, through every stage that reads it."""
+    import polars as pl
+
+    from pipeline import grading, score
+
+    question = "What is 3 / 4 ?"
+    text = "Step 1: We have 3 / 4 . ки\nStep 2: So x = 3 / 4 . ки\nThe answer is: \\frac{3}{4} ки"
+    assert grading.extract_answer(text) == "\\frac{3}{4}"
+    problems = pl.DataFrame({"problem_id": ["p"], "question": [question], "answer": ["0.75"], "metadata": ["{}"]})
+    samples = pl.DataFrame({"problem_id": ["p"], "sample_idx": pl.Series([0], dtype=pl.Int32), "text": [text],
+                            "step_ends": [split_step_ends(text)]})
+    graded = grading.grade(samples, problems)
+    assert graded["answer"].to_list() == ["3/4"] and graded["correct"].to_list() == [True]
+    ends = split_step_ends(text)
+    assert [text[:e].rsplit("\n", 1)[-1] for e in ends] == text.split("\n")  # one step per line, tag included
+
+    prm = prm_pkg.load("llemma-prm", make_llemma_dir(tmp_path / "rm"), device="cpu")
+    item = prm.encode(0, question, text, ends)
+    assert item.input_ids.count(prm.tag_id) == 3  # the policy's three tags, none added
+    assert [item.input_ids[p] for p in item.positions] == [prm.tag_id] * 3
+    scored = score.score_samples(prm, "rm", samples, problems, batch_size=1)
+    assert len(scored["scores"][0]) == 3 and all(0 < s < 1 for s in scored["scores"][0])
+    assert scored["prm_tokens"][0] == len(prm.tokenizer(question + text)["input_ids"])

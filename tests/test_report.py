@@ -1,7 +1,10 @@
 """The Snakemake report of a finished run: one self-contained HTML file with the figures,
 the views as tables and the Markdown summary; opened in headless Chromium, its figures
 render (every image the report embeds is shown the way its "eye" button shows it, and
-must decode to a non-empty picture)."""
+must decode to a non-empty picture). The report is made by the README's command exactly
+as written (`snakemake --report results/report.html`, no --cores, no --snakefile) in a
+folder laid out like a user's clone after the run: the repository's tracked files, the
+session's finished run, and the run's config as config/config.yaml."""
 
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import TINY, copy_run, snakemake
+from conftest import REPO, TINY, copy_run, snakemake_env
 
 pytestmark = pytest.mark.integration
 
@@ -146,11 +150,50 @@ def chromium() -> str:
     return found
 
 
+README_REPORT_COMMAND = "snakemake --report results/report.html"
+
+
+def clone_with_run(baseline: Path, dest: Path) -> Path:
+    """`dest` as a clone of this repository (its tracked files, as in the working tree)
+    in which the session's baseline run has finished, with that run's config as the
+    clone's config/config.yaml."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in filter(None, tracked.decode().split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    copy_run(baseline, dest)
+    (dest / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    return dest
+
+
 @pytest.fixture(scope="module")
-def report(baseline, tmp_path_factory) -> Path:
-    run = copy_run(baseline, tmp_path_factory.mktemp("report"))
-    snakemake(run, TINY, "--report", "results/report.html")
+def report_run(baseline, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run = clone_with_run(baseline, tmp_path_factory.mktemp("report"))
+    assert README_REPORT_COMMAND in (REPO / "README.md").read_text()
+    proc = subprocess.run(README_REPORT_COMMAND.split(), cwd=run, capture_output=True, text=True,
+                          env=snakemake_env(), timeout=600)
+    return run, proc
+
+
+@pytest.fixture(scope="module")
+def report(report_run) -> Path:
+    run, proc = report_run
+    assert proc.returncode == 0, f"{README_REPORT_COMMAND} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return run / "results" / "report.html"
+
+
+def test_readme_report_command_works_as_written(report_run):
+    """The README's report command needs no --cores (it used to stop with "Workflow
+    requires a total number of cores to be defined") and reruns nothing."""
+    run, proc = report_run
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "requires a total number of cores" not in out
+    assert (run / "results" / "report.html").stat().st_size > 50_000
+    dry = subprocess.run(["snakemake", "-n"], cwd=run, capture_output=True, text=True, env=snakemake_env())
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
 
 
 def embedded_results(html: str) -> dict:
@@ -164,14 +207,16 @@ def test_report_is_self_contained_with_figures_tables_and_summary(report):
     results = embedded_results(html)
     names = {Path(p).name: r for p, r in results.items()}
     assert {"accuracy_vs_flops.png", "accuracy_vs_n.png", "summary.md", "pareto.html",
-            "compute_optimal.html", "accuracy_vs_flops.html"} <= set(names)
+            "compute_optimal.html", "accuracy_vs_flops.html", "claims.html"} <= set(names)
     assert "compute_optimal_size.png" not in names  # one model size: no such figure
     for r in results.values():
         assert r["data_uri"].startswith("data:"), r["name"]  # embedded, not linked
     pareto = base64.b64decode(names["pareto.html"]["data_uri"].split(",", 1)[1]).decode()
     assert "<table>" in pareto and "majority" in pareto
     summary = base64.b64decode(names["summary.md"]["data_uri"].split(",", 1)[1]).decode()
-    assert "Pareto front" in summary
+    assert "Pareto front" in summary and "The paper's claims, tested on this run" in summary
+    claims = base64.b64decode(names["claims.html"]["data_uri"].split(",", 1)[1]).decode()
+    assert "saturation" in claims and "verdict" in claims
     assert "Compute-optimal inference" in html  # the workflow description (report/workflow.rst)
     assert "Pareto front" in names["accuracy_vs_flops.png"]["caption"]
     # nothing fetched from elsewhere when opened

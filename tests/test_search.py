@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 
 import numpy as np
 import polars as pl
@@ -402,3 +403,215 @@ def test_vllm_generator_requests_and_end_reasons():
     p = llm.params[0]
     assert (p.n, p.max_tokens, p.temperature, p.top_p) == (4, 12, 0.7, 0.9)
     assert p.stop == ["\n", "</s>"]  # stop strings holding a newline are found per step
+
+
+# --------------------------------------------------------------------------- the paper's step rules
+
+
+class ScriptedPolicy:
+    """A policy that writes whole MetaMath-style solutions and is cut like vLLM cuts it:
+    each request returns the text up to the first of its stop strings (dropped from the
+    text), the request's token cap (1 token per character here) or the script's end (EOS).
+    Root child j follows script j % len(scripts)."""
+
+    def __init__(self, prompt_of, scripts):
+        self.prompt_of, self.scripts, self.calls = prompt_of, scripts, []
+        self.j = 0
+
+    def expand(self, contexts, counts, max_tokens, stops=None):
+        self.calls.append((list(contexts), list(counts), list(max_tokens), stops))
+        out = []
+        for i, (ctx, k, cap) in enumerate(zip(contexts, counts, max_tokens)):
+            written = ctx[len(self.prompt_of(ctx)):]
+            steps = []
+            for _ in range(k):
+                if written:
+                    script = next(s for s in self.scripts if s.startswith(written))
+                else:
+                    script, self.j = self.scripts[self.j % len(self.scripts)], self.j + 1
+                rest = script[len(written):]
+                cuts = [(rest.find(s), s) for s in stops[i] if s in rest]
+                at, stop = min(cuts) if cuts else (len(rest), None)
+                end = "eos" if stop is None else "step" if stop == stops[i][0] else "stop"
+                if at > cap:
+                    at, end = cap, "length"
+                steps.append(Step(rest[:at], at, len(ctx), end))
+            out.append(steps)
+        return out
+
+
+class StepPRM:
+    """0.5 for every step; records what it was asked to score."""
+
+    name, num_parameters = "steps", 1
+
+    def __init__(self):
+        self.seen = []
+
+    def score(self, questions, texts, step_ends, *, batch_size=8):
+        self.seen += list(zip(texts, step_ends))
+        return [[0.5] * len(e) for e in step_ends], [len(t) for t in texts]
+
+
+GOOD = "Step 1: 3 / 4 = 0.75 ки\nStep 2: So it is 0.75 ки\n\nStep 3: The answer is: \\frac{3}{4} ки"
+DEAD = "Step 1: Hmm ки\nStep 2: I am not sure ки"  # ends (EOS) without an answer
+PAPER = Limits(max_depth=25, max_step_tokens=256, max_tokens=1024, step_stop="Step {depth+2}",
+               blank_line_ends=False, dead_ends="drop")
+
+
+def paper_search(limits, budget=4):
+    prompt = "What is 3 / 4 as a fraction?\n"
+    policy = ScriptedPolicy(lambda ctx: prompt, [GOOD, DEAD])
+    prm = StepPRM()
+    s = Searcher(policy, prm, ["What is 3 / 4 as a fraction?"], [prompt], stop=[], limits=limits)
+    return search.rebase(s, budget, temperature=0.2)[0], policy, prm
+
+
+def test_paper_rules_steps_cut_at_the_next_step_label():
+    tree, policy, prm = paper_search(PAPER)
+    # every request stops at "Step {depth + 2}": depth 0 -> "Step 2", ...
+    for contexts, _, caps, stops in policy.calls:
+        for ctx, st in zip(contexts, stops):
+            depth = ctx.count("ки")  # one tag per finished step in these scripts
+            assert st == [f"Step {depth + 2}"]
+        assert caps == [256] * len(caps)
+    leaf = tree.leaves[0]
+    # steps are the raw chunks between labels; the label is written again by the next step
+    assert leaf.steps == ["Step 1: 3 / 4 = 0.75 ки\n", "Step 2: So it is 0.75 ки\n\n",
+                          "Step 3: The answer is: \\frac{3}{4} ки"]
+    # the answer step ended with EOS: complete because of the EOS, a leaf because answered
+    assert leaf.text == GOOD and leaf.end == "eos" and leaf.answered
+    # the PRM scores each chunk at its end (where the policy's own tag is): one score per step
+    text, ends = next((t, e) for t, e in prm.seen if t == GOOD)
+    assert [text[:e] for e in ends] == [GOOD[:len("Step 1: 3 / 4 = 0.75 ки")],
+                                        GOOD[:GOOD.index("\n\nStep 3")], GOOD]
+    assert len(leaf.scores) == 3
+
+
+def test_paper_rules_blank_line_does_not_end_and_dead_ends_use_no_width():
+    tree, policy, _ = paper_search(PAPER)
+    # the root's 4 children: 2 good, 2 dead; the dead ones end by EOS at depth 2 without an
+    # answer and are dropped, so both good branches share the width and all 4 leaves answer
+    assert [sum(c[1]) for c in policy.calls] == [4, 4, 4]
+    assert policy.calls[2][1] == [2, 2]
+    assert len(tree.leaves) == 4 and tree.dropped == 2
+    assert all(leaf.answered and leaf.text == GOOD for leaf in tree.leaves)
+
+    # today's rules on the same policy: the blank line ends the good branches, and the
+    # dead ends are leaves that take width
+    lines_like = Limits(max_depth=25, max_step_tokens=256, max_tokens=1024, step_stop="Step {depth+2}")
+    tree, _, _ = paper_search(lines_like)
+    assert len(tree.leaves) == 4 and tree.dropped == 0
+    assert sorted(leaf.end for leaf in tree.leaves) == ["eos", "eos", "stop", "stop"]
+    assert all(leaf.answered is False for leaf in tree.leaves)
+
+
+def test_paper_rules_step_cap_and_depth_cap():
+    # a step that hits max_step_tokens is a step, not an end; max_depth without an answer is
+    # a dead end, dropped
+    tree, policy, _ = paper_search(Limits(max_depth=2, max_step_tokens=12, max_tokens=1024,
+                                          step_stop="Step {depth+2}", blank_line_ends=False, dead_ends="drop"))
+    assert tree.leaves == [] and tree.dropped == 4
+    assert all(c <= 12 for call in policy.calls for c in call[2])
+
+
+def test_dropped_dead_ends_with_beam_and_mcts():
+    for run in (lambda s: search.beam(s, 4, children=2), lambda s: search.mcts(s, 6, root_children=4)):
+        prompt = "Q\n"
+        s = Searcher(ScriptedPolicy(lambda ctx: prompt, [GOOD, DEAD]), StepPRM(), ["Q"], [prompt], stop=[],
+                     limits=PAPER)
+        [tree] = run(s)
+        assert tree.leaves and all(leaf.answered for leaf in tree.leaves) and tree.dropped > 0
+
+
+def test_limits_reject_inconsistent_rules():
+    with pytest.raises(ValueError, match="blank_line_ends: false needs a step_stop"):
+        Limits(blank_line_ends=False)
+    with pytest.raises(ValueError, match="dead_ends"):
+        Limits(dead_ends="keep")
+    with pytest.raises(ValueError, match=re.escape("step_stop: 'Step {depth + 2}' has a placeholder")):
+        Limits(step_stop="Step {depth + 2}")
+
+
+def test_search_plan_rules_keep_old_keys():
+    from pipeline import plan
+
+    # Measured before the step/completion rules existed (and the key of the embedded
+    # default's search in the demo's results/search/): leaving the rules at their
+    # defaults, or writing the defaults out, must not change a key or the job spec.
+    [base] = plan.searches(_config())
+    assert set(base.spec()["limits"]) == {"max_depth", "max_step_tokens", "max_tokens"}
+    assert plan.searches(_config(blank_line_ends=True, dead_ends="leaf"))[0].spec() == base.spec()
+    changed = {plan.searches(_config(**rule))[0].key
+               for rule in ({"step_stop": "Step {depth+2}"}, {"dead_ends": "drop"},
+                            {"step_stop": "Step {depth+2}", "blank_line_ends": False})}
+    assert len(changed) == 3 and base.key not in changed
+    with pytest.raises(ValueError, match=r"search.rebase.blank_line_ends: false needs a step_stop"):
+        plan.searches(_config(blank_line_ends=False))
+    with pytest.raises(ValueError, match=r"search.rebase.step_stop: .*placeholder"):
+        plan.searches(_config(step_stop="Step {n}"))
+
+
+def test_embedded_default_search_key_is_unchanged():
+    import yaml
+    from snakemake.utils import validate
+
+    from conftest import REPO
+    from pipeline import plan
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(REPO / "config" / "config.schema.yaml"), set_default=True)
+    [s] = plan.searches(config)
+    assert s.key == "be8424792847"  # the paid-for searches of the embedded default
+
+
+def test_vllm_generator_per_request_stops():
+    from types import SimpleNamespace as NS
+
+    class FakeLLM:
+        def generate(self, prompts, params):
+            self.params = params
+            outs = [NS(index=0, text="Step 1: a ки\n", token_ids=[1, 2], finish_reason="stop", stop_reason="Step 2"),
+                    NS(index=1, text="x", token_ids=[1], finish_reason="stop", stop_reason="\n\n"),
+                    NS(index=2, text="The answer is: 1 ки", token_ids=[5], finish_reason="stop", stop_reason=None)]
+            return [NS(prompt_token_ids=[0] * 3, outputs=outs) for _ in params]
+
+    llm = FakeLLM()
+    gen = search.VLLMGenerator(llm, temperature=1.0, top_p=1.0, stop=["\n\n"])
+    [steps] = gen.expand(["ctx"], [3], [256], stops=[["Step 2", "\n\n"]])
+    assert [(s.text, s.end) for s in steps] == [("Step 1: a ки\n", "step"), ("x", "stop"),
+                                                 ("The answer is: 1 ки", "eos")]
+    assert llm.params[0].stop == ["Step 2", "\n\n"]  # no newline stop with raw steps
+
+
+@pytest.mark.integration
+def test_paper_step_rules_on_real_vllm(baseline):
+    """The step stop string on a real engine (the embedded model the baseline run built):
+    vLLM stops each request at its own "Step {depth+2}" and drops it, the next step writes
+    it again, and the chunks join into the solution."""
+    from pipeline import generate
+
+    model_dir = baseline / "results" / "models" / "smollm2-135m" / "hf"
+    llm = generate.make_engine(str(model_dir), seed=0, engine_args=search.engine_args({"enforce_eager": True}))
+    few = ("Question: Tom has 3 apples and buys 5 more. How many apples does he have?\n"
+           "Step 1: Tom starts with 3 apples.\nStep 2: He buys 5 more, so 3 + 5 = 8.\nThe answer is 8.\n\n"
+           "Question: Sam has 7 cards and gets 6 more. How many cards does he have?\n")
+    gen = search.VLLMGenerator(llm, temperature=0.0, top_p=1.0, stop=["\n\nQuestion:"])  # greedy: deterministic
+    returned = []
+
+    def expand(contexts, counts, max_tokens, stops=None):
+        out = search.VLLMGenerator.expand(gen, contexts, counts, max_tokens, stops)
+        returned.extend((st, step) for st, steps in zip(stops, out) for step in steps)
+        return out
+
+    gen.expand = expand
+    limits = Limits(max_depth=4, max_step_tokens=32, max_tokens=96, step_stop="Step {depth+2}", dead_ends="drop")
+    s = Searcher(gen, StepPRM(), ["q"], [few], stop=["\n\nQuestion:"], limits=limits)
+    [tree] = search.rebase(s, 1)  # width 1: greedy decoding allows one sample per request
+    assert all(step.end in ("step", "stop", "eos", "length") for _, step in returned)
+    assert all(st[0] not in step.text for st, step in returned)  # the stop string is never in a step
+    first = [step for st, step in returned if st[0] == "Step 2"]
+    assert first and all(step.end == "step" and step.text.startswith("Step 1") for step in first)
+    leaf = tree.leaves[0]
+    assert leaf.answered and leaf.steps[1].startswith("Step 2") and leaf.text == "".join(leaf.steps)
+    assert leaf.step_ends()[0] == len(leaf.steps[0].rstrip())

@@ -77,6 +77,36 @@ def check_contents(con, run):
     assert steps[0] == 24 and steps[1] == 24  # one score per step for every sample
     head = json.loads((run / "results" / "prms" / "smollm2-135m" / "value-head" / "value_head.json").read_text())
     assert head["training"]["samples"] > 0
+    check_latency(con)
+
+
+def check_latency(con):
+    """Every model stage measured itself, and every runnable point has its seconds."""
+    timings = pl.from_arrow(con.sql("SELECT * FROM timings").to_arrow_table())
+    assert set(timings["stage"]) == {"generate", "score", "train_value_head", "search"}
+    assert timings.height == 3 + 2 + 1 + 4  # shards (sampled, greedy, train), 2 PRMs x 1, 1 head, 4 searches
+    measured = timings.select("load_s", "work_s", "device", "engine")
+    assert measured.null_count().sum_horizontal()[0] == 0, timings
+    assert (timings["load_s"] > 0).all() and (timings["work_s"] > 0).all()
+    assert not timings["file"].str.starts_with("/").any()  # relocatable
+    curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops").to_arrow_table())
+    runnable = curve.filter(~pl.col("oracle"))
+    assert runnable["seconds"].null_count() == 0 and (runnable["seconds"] > 0).all(), runnable
+    assert runnable["load_s"].null_count() == 0 and runnable["device"].null_count() == 0
+    # the arithmetic on the real records: majority@4 spends the whole cache (N = 4),
+    # majority@n n/4 of it; best-of-n adds the PRM's scoring of the n samples
+    def work(stage, **tags):
+        return timings.filter(stage=stage, **tags)["work_s"].sum()
+
+    def point(strategy, n, **tags):
+        return curve.filter(strategy=strategy, n=n, **tags)["seconds"].item()
+
+    assert point("majority", 4) == pytest.approx(work("generate", kind="sampled") / 6)
+    assert point("majority", 1) == pytest.approx(point("majority", 4) / 4)
+    assert point("greedy", 1) == pytest.approx(work("generate", kind="greedy") / 6)
+    assert point("best_of_n", 2, prm="logprob", aggregation="min") == pytest.approx(
+        (work("generate", kind="sampled") + work("score", prm="logprob")) / 6 / 2)
+    assert point("rebase_majority", 4) == pytest.approx(work("search", search="rebase", budget=4) / 6)
 
     # the head learnt from Math-Shepherd rollouts: one row per step of every training
     # sample with steps, one completion per step prefix without a final answer

@@ -7,11 +7,15 @@
 Formats (registry FORMATS, format -> "module:Class", imported on first use):
     math-shepherd   P("+") at a "ки" tag after each step (pipeline/prm/tagged.py)
     qwen-prm        Qwen2.5-Math-PRM: P(class 1) at "<extra_0>" after each step
-    llemma-prm      sigmoid(mean of 2 logits) at a "\\n\\n" tag after each step
+    llemma-prm      Wu et al.'s reward model, a causal LM: sigmoid(mean over the vocabulary
+                    of the logits) at the " ки" tag ending each step; input question +
+                    solution (no template); the policy's own tags are reused
     value-head      logistic regression on the policy's hidden state at each step end
                     (`model` is the head directory; train with `train_value_head`)
     logprob         exp(mean token log-prob) of each step under the policy
                     (`model` is the policy directory)
+Tagged formats keep a tag the policy wrote itself at the end of a step (MetaMath-style
+"Step 1: ... ки") and insert one only where a step has none: never two per step.
 
 Step boundaries are `step_ends` from the SAMPLES contract (exclusive character offsets);
 pipeline/prm/positions.py maps them to token positions. Scoring raises ValueError naming

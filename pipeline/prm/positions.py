@@ -10,6 +10,8 @@ to one token position of the encoded input. Two cases:
 * tags (math-shepherd, qwen-prm, llemma-prm): the input is built with a tag string
   inserted after every step, and the step's token is the last token that lies inside
   (overlaps) the tag's character span, optionally required to have the tag's token id.
+  A policy trained on Math-Shepherd-style data writes the tag itself ("Step 1: ... ки");
+  `tag_steps` keeps such a tag where it ends a step and inserts one only where none is.
 
 Offsets come from `tokenizer(..., return_offsets_mapping=True)`; tokens with an empty
 span (BOS/EOS that the tokenizer adds, spans (0, 0)) never pin a step. Fast tokenizers
@@ -89,6 +91,27 @@ def insert_tags(text: str, step_ends: Sequence[int], tag: str, sep: str = "") ->
         parts.append(tag)
         spans.append((length, length + len(tag)))
         length += len(tag)
+        prev = end
+    return "".join(parts), spans
+
+
+def tag_steps(text: str, step_ends: Sequence[int], tag: str, sep: str = "") -> tuple[str, list[tuple[int, int]]]:
+    """`insert_tags`, except that a step which already ends with `sep + tag` (the policy
+    wrote the tag itself) keeps its own tag and gets no second one. A tag the policy
+    wrote without `sep` before it ("5.ки") is not reused: it may tokenize differently,
+    so the step gets `sep + tag` after it. Returns the string and each step's tag span."""
+    own = sep + tag
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = 0
+    prev = 0
+    for end in step_ends:
+        chunk = text[prev:end]
+        if not (chunk.endswith(own) and chunk[: -len(own)].strip()):
+            chunk += own
+        parts.append(chunk)
+        length += len(chunk)
+        spans.append((length - len(tag), length))
         prev = end
     return "".join(parts), spans
 

@@ -2,7 +2,9 @@
 
 math-shepherd  (peiyi9979/math-shepherd-mistral-7b-prm) a causal LM. Input
                `question + " " + solution` with " ки" inserted at every step end (the
-               solution's own newlines kept). Score = P("+") of the softmax over the
+               solution's own newlines kept); a step that already ends with " ки" (a
+               policy trained on Math-Shepherd-style data writes the tags itself) keeps
+               its own tag and gets no second one. Score = P("+") of the softmax over the
                logits of the "+" and "-" tokens at each "ки" position. Token ids come
                from the tokenizer, as the reference code does: the tag is the last token
                of `tag_sep + tag` (" ки" -> "▁ки" with the Mistral tokenizer), "+"/"-" are
@@ -16,15 +18,28 @@ qwen-prm       (Qwen/Qwen2.5-Math-PRM-7B) the chat template with the system prom
                transformers has); score = softmax(logits)[1] at each "<extra_0>".
                Options: system, tag.
 llemma-prm     (tkitsers/Llemma-reward-model, the reward model of Wu et al.'s inference
-               scaling paper) a causal LM with 2 logits per position. Input
-               `template.format(question)` + the stripped steps joined with `tag` after
-               every step. The default tag is "\\n\\n" (one step per paragraph, the
-               separator of the Easy-to-Hard PRM format the Llemma reward models were
-               trained on) and the default template "# Question\\n\\n{question}\\n\\n#
-               Solution\\n\\n"; the score is read at the last token of each tag. Score =
-               sigmoid(mean of the 2 logits) (`reduce="sigmoid-mean"`), or
-               `reduce="softmax"` for P(class 1). Options: tag, template, reduce.
-               The tag may span several tokens; it must not contain unknown tokens.
+               scaling paper) as the paper's code scores it (thu-wyz/inference_scaling
+               hf_score.py, and its SGLang fork's reward server):
+               * the checkpoint is a plain causal LM (LlamaForCausalLM): training put a
+                 2-output head on Llemma and `convert_checkpoint_to_hf.py` copied its two
+                 rows across every vocabulary row of lm_head;
+               * input `question + solution`, no template, no separator (the policy's
+                 prompt for these "llemma" policies is the raw problem text; for GSM8K
+                 the reference prompt is `question + "\n"`: set template "{question}\n").
+                 The question is stripped of outer whitespace, as pipeline.prompts.render
+                 strips it for the policy, so the PRM reads exactly the policy's prompt;
+               * score = sigmoid(mean over the vocabulary of the logits) at the tag
+                 token, the last token of `tokenizer.encode(" ки")` (the reference's
+                 `step_tag_id`). The mean is computed without vocabulary-sized logits:
+                 mean_v(W_v . h + b_v) = h . mean_v(W_v) + mean_v(b_v), with h the final
+                 (normed) hidden state;
+               * the policies (MetaMath-style Llemma fine-tunes) write "Step k: ... ки"
+                 and "The answer is: X ки" themselves: a step that ends with " ки" is
+                 scored at its own tag; a step without one gets " ки" appended (the
+                 reference scores only the tags the policy wrote: see README).
+               One score per step (a step with several tags is read at its last, as the
+               reference's tree search reads the last score of a new step).
+               Options: tag ("ки"), tag_sep (" "), template ("{question}").
 
 Common options: device (default cuda when available), dtype (bfloat16 on CUDA, float32
 on CPU), tokenizer (a different tokenizer path), revision, trust_remote_code.
@@ -122,7 +137,7 @@ class MathShepherdPRM(TaggedPRM):
         self.good_id, self.bad_id = int(ids[0]), int(ids[1])
 
     def encode(self, index, question, text, step_ends):
-        solution, spans = P.insert_tags(text, step_ends, self.tag, self.tag_sep)
+        solution, spans = P.tag_steps(text, step_ends, self.tag, self.tag_sep)
         head = question + self.question_sep
         spans = [(s + len(head), e + len(head)) for s, e in spans]
         return self._encode_tagged(index, head + solution, spans, self.tag_id, True, self.tag)
@@ -176,32 +191,46 @@ class QwenPRM(_TwoLogitPRM):
         return out[row, item.positions].float().softmax(dim=-1)[:, 1]
 
 
-class LlemmaPRM(_TwoLogitPRM):
+class LlemmaPRM(TaggedPRM):
     format = "llemma-prm"
     default_model = "tkitsers/Llemma-reward-model"
-    auto_class = "AutoModelForTokenClassification"
-    TEMPLATE = "# Question\n\n{question}\n\n# Solution\n\n"
+    auto_class = "AutoModelForCausalLM"
 
-    def configure(self, *, tag: str = "\n\n", template: str = TEMPLATE, reduce: str = "sigmoid-mean",
-                  **options: Any) -> None:
+    def __init__(self, model: str | None = None, **options: Any) -> None:
+        super().__init__(model, **options)
+        import torch
+
+        head = self.model.get_output_embeddings()
+        if head is None or getattr(head, "weight", None) is None:
+            raise ValueError(f"{self.format} PRM {self.name}: {type(self.model).__name__} has no language-model "
+                             "head; the paper's reward model is a causal LM (LlamaForCausalLM)")
+        if getattr(self.model.config, "final_logit_softcapping", None):
+            raise ValueError(f"{self.format} PRM {self.name}: logit soft-capping makes the mean of the logits "
+                             "non-linear in the hidden state; not supported")
+        with torch.no_grad():
+            # float32 accumulation: the mean of ~32k rows in bfloat16 would lose digits
+            self.row_mean = head.weight.mean(dim=0, dtype=torch.float32)
+            bias = getattr(head, "bias", None)
+            self.bias_mean = (bias.mean(dtype=torch.float32) if bias is not None
+                              else torch.zeros((), device=head.weight.device))
+
+    def configure(self, *, tag: str = "ки", tag_sep: str = " ", template: str = "{question}", **options: Any) -> None:
         super().configure(**options)
-        if reduce not in ("sigmoid-mean", "softmax"):
-            raise ValueError(f"{self.format} PRM: reduce must be 'sigmoid-mean' or 'softmax', got {reduce!r}")
         if "{question}" not in template:
             raise ValueError(f"{self.format} PRM: template must contain {{question}}")
-        self.tag, self.template, self.reduce = tag, template, reduce
-        ids = self.tokenizer.encode(tag, add_special_tokens=False)
-        if not ids or self.tokenizer.unk_token_id in ids:
-            raise self._lacks(f"tokens for the step tag {tag!r}")
+        self.tag, self.tag_sep, self.template = tag, tag_sep, template
+        # hf_score.py: step_tag_id = tokenizer.encode(f" {step_tag}")[-1]
+        self.tag_id = self._single_token(tag, tag_sep)
 
     def encode(self, index, question, text, step_ends):
-        head = self.template.replace("{question}", question)
-        solution, spans = P.join_with_tags(P.split_steps(text, step_ends), self.tag)
+        head = self.template.replace("{question}", question.strip())
+        solution, spans = P.tag_steps(text, step_ends, self.tag, self.tag_sep)
         spans = [(s + len(head), e + len(head)) for s, e in spans]
-        return self._encode_tagged(index, head + solution, spans, None, True, self.tag)
+        return self._encode_tagged(index, head + solution, spans, self.tag_id, True, self.tag)
+
+    def forward(self, input_ids, attention_mask):
+        return last_hidden_state(self.model, input_ids, attention_mask)
 
     def read(self, out, row, item):
-        logits = out[row, item.positions].float()
-        if self.reduce == "softmax":
-            return logits.softmax(dim=-1)[:, 1]
-        return logits.mean(dim=-1).sigmoid()
+        hidden = out[row, item.positions].float()
+        return (hidden @ self.row_mean + self.bias_mean).sigmoid()

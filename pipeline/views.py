@@ -1,0 +1,349 @@
+"""The query surface of results/inference.duckdb: SQL of its views and macros.
+
+Everything here is plain DuckDB SQL stored in the database file (views and macros
+survive in it; no Python functions), so the DuckDB CLI (1.1 and later) can use it all.
+The tables the views read are written by pipeline.aggregate: `replay` (one row per
+problem and curve point), `models`, `analysis` (the headline protocol: one row),
+`strategies` (strategy -> family) and `held_out_problems` (the cross-fitted choices of
+pipeline.stats, one row per budget x problem).
+
+Macros:
+    point_label(model, prm, strategy, aggregation, n)
+               the readable name of a curve point, 'model/strategy[prm,aggregation]@n'
+               ('smollm2-135m/majority@16', 'smollm2-135m/best_of_n[value-head,last]@16',
+               'smollm2-135m/rebase_majority[value-head]@4'); `point_label` in Python.
+    paired(dataset, point_a, point_b)
+               TABLE: one row comparing two curve points of a dataset (any models, PRMs,
+               strategies, aggregations, n) problem by problem on their common problems:
+               num_problems, accuracy_a, accuracy_b, diff (mean of a - b), diff_se,
+               ci_low, ci_high (95%), p_value (two-sided). The SE counts each problem's
+               Monte Carlo SE (pipeline.stats, `mean_se`). Unknown labels give
+               num_problems = 0 and NULLs.
+    compare_to(dataset, point_b)
+               TABLE: `paired` of every point of the dataset (point_a) against point_b.
+    mean_se(x, v)
+               aggregate: SE of avg(x) when each x has Monte Carlo variance v:
+               sqrt(var_samp(x) / n + sum(v) / n^2).
+    paired_diff(a, b)
+               a - b rounded to 12 decimals (exact replays of one quantity computed two
+               ways differ in the last bits; that is no difference).
+    normal_cdf(x), p_two_sided(z), p_value(diff, se)
+               the standard normal CDF by `erfc_approx`, Numerical Recipes' erfcc
+               (Chebyshev fit; fractional error below 1.2e-7 everywhere, so p-values keep
+               7 significant digits however small), and the two-sided p-value of a
+               normal z (1 for a zero difference with zero SE, 0 for a nonzero one).
+
+Views:
+    accuracy_vs_flops  one row per curve point (dataset, model, prm, strategy,
+               aggregation, n): accuracy (mean over problems), accuracy_se (standard error
+               across problems), output_tokens and prompt_tokens (means per problem),
+               flops_paper and flops_full (means per problem, the two conventions of
+               pipeline.flops), num_problems, and `oracle` (true for coverage / pass@n,
+               which needs the reference answer to pick a sample and so is an upper
+               bound, not a strategy one can run). Every aggregation is here.
+    points     accuracy_vs_flops plus `point` (its label), `family` (sampling-based
+               voting, PRM-based selection, tree search: the stage the strategy comes
+               from, table `strategies`) and `headline` (no step aggregation, or one of
+               `analysis.aggregations`: the points the front, compute_optimal, the claims
+               and the default figures use).
+    point_problems  `replay` rows with their point label: the per-problem data behind
+               every point (what `paired` joins).
+    held_out   per (dataset, convention, budget): the cross-fitted choice's held-out
+               accuracy (mean over problems of the choice each problem's fold made on
+               the other folds), accuracy_se (`mean_se`), flops (mean cost of the held-out
+               choices), num_problems, num_folds, choices (the distinct points chosen).
+               `grid_k` identifies a budget of the compute_optimal grid (budget =
+               10^(grid_k / 4)), `at_point` a budget equal to that point's cost.
+    pareto     the accuracy-FLOPs Pareto front per (dataset, convention) over the headline
+               non-oracle points: every point that no other point dominates (another
+               point dominates it when it needs at most as many FLOPs and is at least as
+               accurate, and is strictly better in one of the two). Of points tied in
+               both (at n = 1 every voting strategy is the same one sample) one is kept,
+               the first by (prm NULLS FIRST, strategy, aggregation, model, n), and `tied`
+               counts them. Long format: `convention` is one of COST_CONVENTIONS' names
+               ('paper', 'full') and `flops` the point's cost in it (flops_paper /
+               flops_full are kept too). Ordered by flops, so accuracy rises strictly
+               along it. Held out: held_out_accuracy, held_out_se, held_out_flops (the
+               `held_out` choice at a budget equal to this point's cost; the in-sample
+               front is the maximum of many noisy points, the held-out one is not). Each
+               point against the previous (cheaper) front point, paired: previous (its
+               label), gain (mean accuracy difference), gain_se, gain_ci_low,
+               gain_ci_high, gain_p, beats_previous (the 95% interval excludes 0 on the
+               positive side). NULL for the first point.
+    compute_optimal  per (dataset, convention, budget): the best point within the budget,
+               i.e. the most accurate headline non-oracle point with flops <= budget (=
+               the Pareto point with the largest flops <= budget). Budgets form a
+               log-spaced grid, BUDGETS_PER_DECADE per decade (budget = 10^(k / 4)), from
+               the cheapest point's FLOPs up to the first grid value at or above the
+               costliest front point; budgets below the cheapest point have no row.
+               Columns: budget, log10_budget, model, params_total (from `models`), prm,
+               strategy, aggregation, n, accuracy, accuracy_se, flops, flops_paper,
+               flops_full (in-sample), point, and held out: held_out_accuracy,
+               held_out_se, held_out_flops, folds_agreeing (of num_folds folds, how many
+               chose this same point on their training folds). In-sample accuracy never
+               decreases as the budget grows; the held-out accuracy need not.
+"""
+
+from __future__ import annotations
+
+from pipeline.latency import MIXED, SEPARATOR
+from pipeline.stats import DECIMALS, Z95
+
+# Strategies that need the reference answer to choose (upper bounds, not runnable):
+# listed in accuracy_vs_flops.oracle, left out of the Pareto front and compute_optimal.
+ORACLE_STRATEGIES = ("coverage",)
+
+# Cost conventions: (name, per-problem cost column of `replay` / `accuracy_vs_flops`).
+# The front, compute_optimal and the cross-fitting run once per entry; adding a
+# convention is one line here (and its column in replay).
+COST_CONVENTIONS: tuple[tuple[str, str], ...] = (
+    ("paper", "flops_paper"),
+    ("full", "flops_full"),
+)
+BUDGETS_PER_DECADE = 4
+
+FAMILIES = ("sampling-based voting", "PRM-based selection", "tree search")
+
+
+def point_label(model: str, prm: str | None, strategy: str, aggregation: str | None, n: int) -> str:
+    """'model/strategy[prm,aggregation]@n', as the `point_label` macro writes it."""
+    label = f"{model}/{strategy}"
+    if prm is not None:
+        label += f"[{prm}" + (f",{aggregation}" if aggregation is not None else "") + "]"
+    return f"{label}@{n}"
+
+
+def point_label_expr():
+    """`point_label` as a polars expression over model, prm, strategy, aggregation, n."""
+    import polars as pl
+
+    bracket = pl.concat_str([pl.lit("["), pl.col("prm"),
+                             (pl.lit(",") + pl.col("aggregation")).fill_null(""), pl.lit("]")])
+    return pl.concat_str([pl.col("model"), pl.lit("/"), pl.col("strategy"), bracket.fill_null(""),
+                          pl.lit("@"), pl.col("n").cast(pl.String)])
+
+
+def _cost_case(alias: str) -> str:
+    whens = " ".join(f"WHEN '{name}' THEN {alias}.{col}" for name, col in COST_CONVENTIONS)
+    return f"CASE c.convention {whens} END"
+
+
+_CONVENTION_ROWS = ", ".join(f"('{name}')" for name, _ in COST_CONVENTIONS)
+_ORACLES = ", ".join(f"'{s}'" for s in ORACLE_STRATEGIES)
+
+# Numerical Recipes' erfcc: erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), for
+# z >= 0; fractional error < 1.2e-7. The nested macro evaluates t once per call site.
+MACROS = [
+    """CREATE MACRO erfc_poly(z, t) AS t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196
+        + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277)))))))))""",
+    """CREATE MACRO erfc_approx(x) AS CASE WHEN x >= 0 THEN erfc_poly(x, 1 / (1 + 0.5 * x))
+        ELSE 2 - erfc_poly(-x, 1 / (1 - 0.5 * x)) END""",
+    "CREATE MACRO normal_cdf(x) AS 0.5 * erfc_approx(-x / sqrt(2))",
+    "CREATE MACRO p_two_sided(z) AS erfc_approx(abs(z) / sqrt(2))",
+    """CREATE MACRO p_value(diff, se) AS CASE WHEN se > 0 THEN p_two_sided(diff / se)
+        WHEN diff = 0 THEN 1.0 WHEN diff IS NOT NULL THEN 0.0 END""",
+    # Var(mean) = var_samp(x) / n + sum(Monte Carlo variances) / n^2: see pipeline.stats.
+    """CREATE MACRO mean_se(x, v) AS sqrt(coalesce(var_samp(x), 0) / nullif(count(x), 0)
+        + sum(v) / nullif(count(x) * count(x), 0))""",
+    # A per-problem difference of two points, rounded (pipeline.stats.DECIMALS) so that
+    # the same quantity computed two ways does not differ in its last bits.
+    f"CREATE MACRO paired_diff(a, b) AS round(a - b, {DECIMALS})",
+    """CREATE MACRO point_label(model, prm, strategy, aggregation, n) AS model || '/' || strategy
+        || coalesce('[' || prm || coalesce(',' || aggregation, '') || ']', '') || '@' || n::VARCHAR""",
+]
+
+ACCURACY_VS_FLOPS = f"""
+CREATE VIEW accuracy_vs_flops AS
+SELECT dataset, model, prm, strategy, aggregation, n,
+       avg(accuracy) AS accuracy,
+       CASE WHEN count(*) > 1 THEN stddev_samp(accuracy) / sqrt(count(*)) ELSE 0 END
+           AS accuracy_se,
+       avg(output_tokens) AS output_tokens,
+       avg(prompt_tokens) AS prompt_tokens,
+       avg(flops_paper) AS flops_paper,
+       avg(flops_full) AS flops_full,
+       count(*) AS num_problems,
+       strategy IN ({_ORACLES}) AS oracle,
+       -- NULL unless every problem is measured (avg would silently skip NULLs)
+       CASE WHEN count(seconds) = count(*) THEN avg(seconds) END AS seconds,
+       avg(load_s) AS load_s,
+       CASE WHEN count(DISTINCT device) > 1
+            THEN '{MIXED}' || string_agg(DISTINCT device, '{SEPARATOR}' ORDER BY device)
+            ELSE any_value(device) END AS device
+FROM replay
+GROUP BY dataset, model, prm, strategy, aggregation, n
+ORDER BY dataset, model, prm NULLS FIRST, strategy, aggregation NULLS FIRST, n
+"""
+
+POINT_PROBLEMS = """
+CREATE VIEW point_problems AS
+SELECT point_label(model, prm, strategy, aggregation, n) AS point, * FROM replay
+"""
+
+POINTS = """
+CREATE VIEW points AS
+SELECT a.dataset, point_label(a.model, a.prm, a.strategy, a.aggregation, a.n) AS point,
+       a.*  EXCLUDE (dataset),
+       coalesce(s.family, 'other') AS family,
+       coalesce(a.aggregation IS NULL
+                OR list_contains((SELECT any_value(aggregations) FROM analysis), a.aggregation), false)
+           AS headline
+FROM accuracy_vs_flops a LEFT JOIN strategies s USING (strategy)
+ORDER BY a.dataset, a.model, a.prm NULLS FIRST, a.strategy, a.aggregation NULLS FIRST, a.n
+"""
+
+HELD_OUT = """
+CREATE VIEW held_out AS
+SELECT dataset, convention, grid_k, at_point, min(budget) AS budget,
+       avg(accuracy) AS accuracy, mean_se(accuracy, accuracy_se * accuracy_se) AS accuracy_se,
+       avg(cost) AS flops, count(*) AS num_problems, count(DISTINCT fold) AS num_folds,
+       list_sort(list(DISTINCT point)) AS choices
+FROM held_out_problems
+GROUP BY dataset, convention, grid_k, at_point
+ORDER BY dataset, convention, budget
+"""
+
+# Points compare on keys rounded to 12 digits (accuracy; log10 of FLOPs), so that sums
+# taken in another order do not split a tie. Of tied points (at n = 1 every voting
+# strategy is the one sample, and in the paper convention a PRM costs nothing) the front
+# keeps one, the first by (prm NULLS FIRST, strategy, aggregation, model, n), and counts
+# them in `tied`. Each kept point is compared, paired, with the front point before it.
+PARETO = f"""
+CREATE VIEW pareto AS
+WITH pts AS (
+    SELECT p.dataset, c.convention, p.point, p.model, p.prm, p.strategy, p.aggregation, p.n,
+           p.accuracy, p.accuracy_se, {_cost_case("p")} AS flops,
+           p.flops_paper, p.flops_full, p.output_tokens, p.prompt_tokens
+    FROM points p CROSS JOIN (VALUES {_CONVENTION_ROWS}) AS c(convention)
+    WHERE p.headline AND NOT p.oracle
+), keyed AS (
+    SELECT *, round(accuracy, 12) AS acc_key,
+           round(log10(greatest(flops, 1e-300)), 12) AS flops_key
+    FROM pts
+), front AS (
+    SELECT p.* FROM keyed p
+    WHERE NOT EXISTS (
+        SELECT 1 FROM keyed q
+        WHERE q.dataset = p.dataset AND q.convention = p.convention
+          AND q.flops_key <= p.flops_key AND q.acc_key >= p.acc_key
+          AND (q.flops_key < p.flops_key OR q.acc_key > p.acc_key)
+    )
+), kept AS (
+    SELECT *, count(*) OVER ties AS tied FROM front
+    WINDOW ties AS (PARTITION BY dataset, convention, flops_key, acc_key)
+    QUALIFY row_number() OVER (PARTITION BY dataset, convention, flops_key, acc_key
+        ORDER BY prm NULLS FIRST, strategy, aggregation NULLS FIRST, model, n) = 1
+), stepped AS (
+    SELECT *, lag(point) OVER (PARTITION BY dataset, convention ORDER BY flops) AS previous
+    FROM kept
+), step AS (
+    SELECT s.dataset, s.convention, s.point, avg(paired_diff(x.accuracy, y.accuracy)) AS gain,
+           mean_se(paired_diff(x.accuracy, y.accuracy),
+                   x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS gain_se
+    FROM stepped s
+    JOIN point_problems x ON x.dataset = s.dataset AND x.point = s.point
+    JOIN point_problems y ON y.dataset = s.dataset AND y.point = s.previous
+                         AND y.problem_id = x.problem_id
+    GROUP BY s.dataset, s.convention, s.point
+)
+SELECT s.dataset, s.convention, s.model, s.prm, s.strategy, s.aggregation, s.n, s.accuracy,
+       s.accuracy_se, s.flops, s.flops_paper, s.flops_full, s.output_tokens, s.prompt_tokens,
+       s.tied, s.point,
+       h.accuracy AS held_out_accuracy, h.accuracy_se AS held_out_se, h.flops AS held_out_flops,
+       s.previous, t.gain, t.gain_se,
+       t.gain - {Z95} * t.gain_se AS gain_ci_low, t.gain + {Z95} * t.gain_se AS gain_ci_high,
+       p_value(t.gain, t.gain_se) AS gain_p,
+       CASE WHEN s.previous IS NOT NULL THEN coalesce(t.gain - {Z95} * t.gain_se > 0, false) END
+           AS beats_previous
+FROM stepped s
+LEFT JOIN step t ON t.dataset = s.dataset AND t.convention = s.convention AND t.point = s.point
+LEFT JOIN held_out h ON h.dataset = s.dataset AND h.convention = s.convention
+                    AND h.at_point = s.point
+ORDER BY s.dataset, s.convention, s.flops
+"""
+
+# The best point within each budget of a log-spaced grid: the front's last point at or
+# below the budget (ties between identical points broken by name, for a stable answer),
+# beside the cross-fitted choice at the same budget (`held_out`, joined on the grid index).
+COMPUTE_OPTIMAL = f"""
+CREATE VIEW compute_optimal AS
+WITH grid AS (
+    SELECT dataset, convention,
+           unnest(range(floor({BUDGETS_PER_DECADE} * log10(min(flops)))::BIGINT,
+                        ceil({BUDGETS_PER_DECADE} * log10(max(flops)))::BIGINT + 1)) AS k
+    FROM pareto WHERE flops > 0
+    GROUP BY dataset, convention
+), best AS (
+    SELECT g.dataset, g.convention, g.k, power(10, g.k / {BUDGETS_PER_DECADE}.0) AS budget,
+           g.k / {BUDGETS_PER_DECADE}.0 AS log10_budget,
+           f.model, f.prm, f.strategy, f.aggregation, f.n, f.accuracy, f.accuracy_se,
+           f.flops, f.flops_paper, f.flops_full, f.point
+    FROM grid g
+    JOIN pareto f ON f.dataset = g.dataset AND f.convention = g.convention
+                 AND f.flops <= power(10, g.k / {BUDGETS_PER_DECADE}.0)
+    QUALIFY row_number() OVER (
+        PARTITION BY g.dataset, g.convention, g.k
+        ORDER BY f.accuracy DESC, f.flops, f.model, f.prm NULLS FIRST, f.strategy,
+                 f.aggregation NULLS FIRST, f.n) = 1
+), agree AS (
+    SELECT dataset, convention, grid_k, point, count(DISTINCT fold) AS folds
+    FROM held_out_problems WHERE grid_k IS NOT NULL
+    GROUP BY dataset, convention, grid_k, point
+)
+SELECT b.dataset, b.convention, b.budget, b.log10_budget, b.model, m.params_total,
+       b.prm, b.strategy, b.aggregation, b.n, b.accuracy, b.accuracy_se, b.flops,
+       b.flops_paper, b.flops_full, b.point,
+       h.accuracy AS held_out_accuracy, h.accuracy_se AS held_out_se, h.flops AS held_out_flops,
+       CASE WHEN h.num_folds IS NOT NULL THEN coalesce(a.folds, 0) END AS folds_agreeing,
+       h.num_folds
+FROM best b LEFT JOIN {{models}} m USING (model)
+LEFT JOIN held_out h ON h.dataset = b.dataset AND h.convention = b.convention AND h.grid_k = b.k
+LEFT JOIN agree a ON a.dataset = b.dataset AND a.convention = b.convention AND a.grid_k = b.k
+                 AND a.point = b.point
+ORDER BY b.dataset, b.convention, b.budget
+"""
+
+_PAIRED_BODY = f"""
+SELECT x.dataset, x.point AS point_a, y.point AS point_b, count(*) AS num_problems,
+       avg(x.accuracy) AS accuracy_a, avg(y.accuracy) AS accuracy_b,
+       avg(paired_diff(x.accuracy, y.accuracy)) AS diff,
+       mean_se(paired_diff(x.accuracy, y.accuracy),
+               x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS diff_se
+FROM point_problems x
+JOIN point_problems y ON y.dataset = x.dataset AND y.problem_id = x.problem_id
+"""
+
+_PAIRED_STATS = f"""diff - {Z95} * diff_se AS ci_low, diff + {Z95} * diff_se AS ci_high,
+       p_value(diff, diff_se) AS p_value"""
+
+TABLE_MACROS = [
+    f"""CREATE MACRO paired(ds, a, b) AS TABLE
+SELECT ds AS dataset, a AS point_a, b AS point_b,
+       coalesce(num_problems, 0) AS num_problems, accuracy_a, accuracy_b, diff, diff_se,
+       {_PAIRED_STATS}
+FROM (SELECT 1) LEFT JOIN ({_PAIRED_BODY}
+      WHERE x.dataset = ds AND x.point = a AND y.point = b
+      GROUP BY x.dataset, x.point, y.point) ON true""",
+    f"""CREATE MACRO compare_to(ds, b) AS TABLE
+SELECT *, {_PAIRED_STATS} FROM ({_PAIRED_BODY}
+      WHERE x.dataset = ds AND y.point = b
+      GROUP BY x.dataset, x.point, y.point)
+ORDER BY diff DESC, point_a""",
+]
+
+# A stand-in for a database built without a models table (unit tests of the views).
+_NO_MODELS = "(SELECT NULL::VARCHAR AS model, NULL::BIGINT AS params_total)"
+
+VIEW_NAMES = ("accuracy_vs_flops", "point_problems", "points", "held_out", "pareto", "compute_optimal")
+
+
+def create(con, *, has_models: bool = True) -> None:
+    """Macros and views, in dependency order, on a connection whose tables exist."""
+    for sql in MACROS:
+        con.execute(sql)
+    for sql in (ACCURACY_VS_FLOPS, POINT_PROBLEMS, POINTS, HELD_OUT, PARETO):
+        con.execute(sql)
+    con.execute(COMPUTE_OPTIMAL.format(models="models" if has_models else _NO_MODELS))
+    for sql in TABLE_MACROS:
+        con.execute(sql)
