@@ -12,7 +12,7 @@ score job does, and reports, side by side: held-out last-step and step AUCs (fro
 value_head.json), the AUCs on the evaluation samples (pipeline.prm_quality: last step vs
 correct, within problem, steps vs arith-check labels), the policy's mean log-prob
 baseline, training and scoring seconds. `--make-rollouts` first runs the rollouts job
-(pipeline.labels, one vLLM engine) for the config's rollout settings and times it.
+(pipeline.rollouts, one vLLM engine) for the config's rollout settings and times it.
 Everything is written under OUT_DIR (heads, scores, rollouts, results.json); RUN is
 only read.
 """
@@ -33,7 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import labels, models, plan, prm_quality, score  # noqa: E402
+from pipeline import arith_check, labels, models, plan, prm_quality, rollouts as rollout_stage, score  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "outcome": {"supervision": "outcome"},
@@ -97,7 +97,7 @@ def main() -> None:
         [job] = plan.rollouts({**config, "prms": {a.prm: rspec}}, caches)
         rollouts = str(out / "rollouts" / job.key / "rollouts.parquet")
         t0 = time.perf_counter()
-        labels.run_rollouts(spec=job.spec(), model_dir=policy_dir, problems=train_problems,
+        rollout_stage.run_rollouts(spec=job.spec(), model_dir=policy_dir, problems=train_problems,
                             shards=shards(train_cache), out=rollouts)
         results["rollouts"] = {"seconds": time.perf_counter() - t0, "settings": job.spec()["rollouts"],
                                "path": rollouts}
@@ -131,7 +131,7 @@ def main() -> None:
         head_dir = out / "heads" / name
         t0 = time.perf_counter()
         score.train(spec=vspec, policy_dir=policy_dir, problems=train_problems, shards=shards(train_cache),
-                    grades=train_grades, out=str(head_dir), rollouts=rollouts)
+                    grades=train_grades, out=str(head_dir), rollouts_file=rollouts)
         train_s = time.perf_counter() - t0
         heldout = json.loads((head_dir / "value_head.json").read_text())["training"]
         t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def main() -> None:
                 .join(samples_eval.select("problem_id", "sample_idx", "text", "step_ends", "cumulative_logprob",
                                           "output_tokens"), on=["problem_id", "sample_idx"])
                 .with_columns(prm_quality.mean_logprob()).sort("problem_id", "sample_idx"))
-        step_labels = labels.arith_labels_for(data, problems_eval) if labels.is_arith(problems_eval) else None
+        step_labels = arith_check.labels_for(data, problems_eval) if arith_check.is_arith(problems_eval) else None
         evaluation = prm_quality.quality(data, step_labels)
         results["variants"][name] = {"train": train, "train_seconds": train_s, "score_seconds": score_s,
                                      "training": heldout, "evaluation": evaluation}

@@ -158,7 +158,7 @@ class Rollouts:
     model: str
     prm: str
     key: str
-    job: dict = field(repr=False)  # what the job needs (pipeline.labels main --spec)
+    job: dict = field(repr=False)  # what the job needs (pipeline.rollouts --spec)
 
     def spec(self) -> dict[str, Any]:
         return self.job
@@ -172,18 +172,18 @@ def rollouts(config: dict, planned: list[Cache]) -> list[Rollouts]:
     """Rollouts for every value head with `supervision: rollouts` x model. The key hashes
     the training cache's key and the rollout settings that change the completions (not
     the hard/soft choice, which only training reads): a changed setting is a new folder."""
-    from pipeline import labels
+    from pipeline import labels, rollouts as rollout_labels
 
     out: list[Rollouts] = []
     for prm, spec in trained_prms(config).items():
         if labels.supervision_of(spec) != "rollouts":
             continue
-        settings = {k: labels.rollout_settings(spec)[k] for k in labels.ROLLOUT_KEY_SETTINGS}
+        settings = {k: rollout_labels.settings_of(spec)[k] for k in rollout_labels.KEY_SETTINGS}
         for model in config["models"]:
             train = find(planned, dataset=f"{prm}-train", model=model, kind="train")
             key = hashlib.sha256(json.dumps({"train_key": train.key, **settings}, sort_keys=True).encode()).hexdigest()[:12]
             job = {"key": key, "train_key": train.key, "rollouts": settings, "prompt": train.prompt,
-                   "engine_args": train.engine_args, "seed": train.sampling["seed"]}
+                   "engine_args": train.engine_args}
             out.append(Rollouts(train.dataset, model, prm, key, job))
     return out
 

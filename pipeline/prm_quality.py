@@ -11,7 +11,7 @@ For a set of scored samples (one score per step) and their grades:
                         N samples needs; pooled AUC also rewards telling easy problems
                         from hard ones); problems_within counts them
     auc_step            each step's score vs its step label (on arith problems the
-                        arith-check labels of pipeline.labels; NULL elsewhere)
+                        arith-check labels of pipeline.arith_check; NULL elsewhere)
     auc_mean_logprob    the baseline: the policy's mean token log-probability of the
                         sample (cumulative_logprob / output_tokens) vs correctness, on the
                         same samples
@@ -169,7 +169,7 @@ def prm_quality(tables: dict[str, pl.DataFrame], manifest: dict) -> pl.DataFrame
     """The aggregate's `prm_quality` table from its `scores`, `grades`, `samples` and
     `problems` tables (and the sampled caches' shards for the step texts on arith
     problems); None when nothing was scored."""
-    from pipeline import labels
+    from pipeline import arith_check
 
     if "scores" not in tables or tables["scores"].height == 0:
         return None
@@ -186,10 +186,10 @@ def prm_quality(tables: dict[str, pl.DataFrame], manifest: dict) -> pl.DataFrame
             continue
         problems = tables["problems"].filter(pl.col("dataset") == dataset)
         step_labels = None
-        if labels.is_arith(problems):
+        if arith_check.is_arith(problems):
             texts = _texts(manifest, dataset, model, key)
             with_text = scored.join(texts, on=["problem_id", "sample_idx"], how="left")
-            step_labels = labels.arith_labels_for(with_text, problems)
+            step_labels = arith_check.labels_for(with_text, problems)
         rows.append({"dataset": dataset, "model": model, "prm": prm, **quality(scored, step_labels)})
     return pl.DataFrame(rows, schema=QUALITY) if rows else None
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io, labels, models, timing
+from pipeline import arith_check, io, labels, models, rollouts, timing
 
 SCORES = {
     "problem_id": pl.String,
@@ -149,7 +149,7 @@ def score_samples(
 
 
 def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grades: str, out: str,
-          rollouts: str | None = None) -> None:
+          rollouts_file: str | None = None) -> None:
     """Fit a value head on graded samples of the training cache, with the entry's step
     labels (pipeline.labels); report held-out AUCs (pipeline.prm_quality)."""
     from pipeline import prm, prm_quality
@@ -162,7 +162,7 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
         .filter(pl.col("step_ends").list.len() > 0)
         .sort("problem_id", "sample_idx")
     )
-    targets = labels.training_labels(spec, data, problem_rows, rollouts)
+    targets = labels.training_labels(spec, data, problem_rows, rollouts_file)
     data = data.with_columns(target=pl.Series(targets if targets is not None else [[float(c)] * len(e) for c, e in
                                               zip(data["correct"], data["step_ends"])], dtype=pl.List(pl.Float64)))
     # Hold out a fifth of the problems (whole problems, so no question leaks) for the AUC.
@@ -190,12 +190,12 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
     heldout = {"problems": len(held), **prm_quality.quality(scored, test["target"].to_list())}
     # auc_step above is against the head's own labels; on arith problems also against the
     # arith-check labels, the yardstick every supervision is compared on
-    if labels.is_arith(problem_rows):
-        check = prm_quality.quality(scored, labels.arith_labels_for(test, problem_rows))
+    if arith_check.is_arith(problem_rows):
+        check = prm_quality.quality(scored, arith_check.labels_for(test, problem_rows))
         heldout["auc_step_arith_check"], heldout["steps_good_arith_check"] = check["auc_step"], check["steps_good"]
     head.training["supervision"] = supervision
     if supervision == "rollouts":
-        head.training["rollouts"] = labels.rollout_settings(spec)
+        head.training["rollouts"] = rollouts.settings_of(spec)
     head.training["heldout"] = heldout
     head.training["timing"] = timing.record(
         watch, device=timing.describe_device(policy.device), problems=len(ids), samples=data.height,
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     policy_dir = models.model_dir_of(a.info)
     if a.what == "train":
         train(spec=spec, policy_dir=policy_dir, problems=a.problems, shards=a.shards, grades=a.grades, out=a.out,
-              rollouts=a.rollouts)
+              rollouts_file=a.rollouts)
         return
     watch = timing.Stopwatch()
     with watch.phase("load"):

@@ -44,7 +44,7 @@ rule rollouts:
     benchmark:
         "results/benchmarks/rollouts/{dataset}/{model}/{key}.tsv"
     shell:
-        "python -m pipeline.labels rollouts --spec {params.spec:q} --info {input.info} "
+        "python -m pipeline.rollouts --spec {params.spec:q} --info {input.info} "
         "--problems {input.problems} --out {output} {input.shards} > {log} 2>&1"
 
 

@@ -29,7 +29,7 @@ TINY["prms"]["logprob"] = {"format": "logprob", "options": {"dtype": "bfloat16"}
 TINY["prms"]["value-head"]["train"] = {
     "dataset": {"source": "arith", "split": "train", "seed": 0, "levels": [1], "limit": 8}, "n": 4,
     # step labels from real Math-Shepherd rollouts (one short completion per step prefix),
-    # so the rollouts rule runs once per session (pipeline/labels.py)
+    # so the rollouts rule runs once per session (pipeline/rollouts.py)
     "supervision": "rollouts", "rollouts": {"k": 1, "max_tokens": 24},
 }
 # Every tree-search algorithm once, guided by the value head (one job per budget).

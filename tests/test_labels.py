@@ -1,5 +1,6 @@
-"""Step labels (pipeline/labels.py): the arithmetic checker on hand-written solutions, the
-rollout labeller on a scripted generator, and how the workflow plans the rollouts."""
+"""Step labels: the arithmetic checker (pipeline/arith_check.py) on hand-written solutions,
+the rollout labeller (pipeline/rollouts.py) on a scripted generator, the supervision
+setting (pipeline/labels.py) and how the workflow plans the rollouts."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import polars as pl
 import pytest
 
 from conftest import TINY, dry_run, planned_jobs
-from pipeline import labels, plan
-from pipeline.labels import Completion, arith_step_labels, parse_step
+from pipeline import arith_check, labels, plan, rollouts
+from pipeline.arith_check import parse_step, step_labels
+from pipeline.rollouts import Completion
 
 # --------------------------------------------------------------------------- arith-check
 
@@ -23,7 +25,7 @@ COOKIES = ("Ben has 5 cookies. He loses 3 cookies. How many cookies does Ben hav
 
 
 def check(problem, *steps):
-    return arith_step_labels(*problem, list(steps))
+    return step_labels(*problem, list(steps))
 
 
 def test_a_right_solution_is_good_throughout():
@@ -66,7 +68,7 @@ def test_right_answers_for_the_wrong_reason_are_bad():
 def test_the_last_step_of_a_solution_carries_its_grade():
     # no final answer at all: the steps were right, the solution is not
     assert check(COOKIES, "Ben has 5 cookies.", "5 - 3 = 2.") == [1, 0]
-    assert arith_step_labels(*COOKIES, ["Ben has 5 cookies.", "5 - 3 = 2."], whole=False) == [1, 1]
+    assert step_labels(*COOKIES, ["Ben has 5 cookies.", "5 - 3 = 2."], whole=False) == [1, 1]
     # grading reads the last answer given: an answer step followed by a wrong one
     assert check(COOKIES, "The answer is 2.", "The answer is 3.") == [1, 0]
     # an answer written as an equation gives what the equation gives
@@ -107,8 +109,8 @@ def test_arith_labels_need_the_expression():
     problems = pl.DataFrame({"problem_id": ["a"], "question": ["q"], "answer": ["1"], "metadata": ['{"level": 1}']})
     samples = pl.DataFrame({"problem_id": ["a"], "text": ["1 + 0 = 1"], "step_ends": [[9]]})
     with pytest.raises(ValueError, match="problem a: no `expression`"):
-        labels.arith_labels_for(samples, problems)
-    assert not labels.is_arith(problems)
+        arith_check.labels_for(samples, problems)
+    assert not arith_check.is_arith(problems)
 
 
 def test_arith_check_on_another_dataset_names_the_key():
@@ -162,14 +164,14 @@ def test_rollout_labels_on_a_scripted_generator():
         # a stop string ends the continuation: the answer after it is not the solution's
         "5 + 3 = 8.": ["The answer is 8.", "\nQuestion: x? The answer is 2.", "The answer is 2 cookies."],
     })
-    prefixes = labels.rollout_requests(samples, PROBLEMS, lambda q: f"Q: {q}\nA:\n")
+    prefixes = rollouts.rollout_requests(samples, PROBLEMS, lambda q: f"Q: {q}\nA:\n")
     assert [(p.sample_idx, p.step, p.context is None) for p in prefixes] == [
         (0, 0, False), (0, 1, False), (0, 2, True), (1, 0, False), (1, 1, False), (1, 2, True)]
     assert prefixes[1].context == "Q: Ben has 5 cookies. He loses 3 cookies.\nA:\nBen has 5.\n5 - 3 = 2.\n"
-    rows = labels.rollout_rows(prefixes, PROBLEMS, completer, k=3, stop=["\n\n", "\nQuestion:"])
+    rows = rollouts.rollout_rows(prefixes, PROBLEMS, completer, k=3, stop=["\n\n", "\nQuestion:"])
     assert len(completer.calls) == 1 and completer.calls[0][1] == 3  # one batched call
     assert len(completer.calls[0][0]) == 4  # answer steps are not rolled out
-    assert rows.schema == pl.Schema(labels.ROLLOUTS)
+    assert rows.schema == pl.Schema(rollouts.ROLLOUTS)
     assert rows.select("sample_idx", "step", "kind", "k", "reached").rows() == [
         (0, 0, "rollouts", 3, 1), (0, 1, "rollouts", 3, 2), (0, 2, "answer", 1, 1),
         (1, 0, "rollouts", 3, 1), (1, 1, "rollouts", 3, 1), (1, 2, "answer", 1, 0)]
@@ -178,12 +180,12 @@ def test_rollout_labels_on_a_scripted_generator():
     assert rows["answers"][4].to_list() == ["8", None, "2"]
     assert rows["output_tokens"].to_list() == [9, 9, 0, 9, 9, 0]
 
-    hard = labels.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="hard")
-    soft = labels.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="soft")
+    hard = rollouts.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="hard")
+    soft = rollouts.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="soft")
     assert hard == [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     assert soft == [[pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0], [pytest.approx(1 / 3), pytest.approx(1 / 3), 0.0]]
     with pytest.raises(ValueError, match="no rollout for problem 'p' sample 0 step 2"):
-        labels.step_labels_from_rollouts(samples.head(1), rows.filter(pl.col("step") < 2))
+        rollouts.step_labels_from_rollouts(samples.head(1), rows.filter(pl.col("step") < 2))
 
 
 def test_rollouts_count_must_match():
@@ -191,9 +193,9 @@ def test_rollouts_count_must_match():
         def complete(self, contexts, k):
             return [[Completion("The answer is 2.", 1)] for _ in contexts]
 
-    prefixes = labels.rollout_requests(sample_rows("Ben has 5."), PROBLEMS, lambda q: q)
+    prefixes = rollouts.rollout_requests(sample_rows("Ben has 5."), PROBLEMS, lambda q: q)
     with pytest.raises(RuntimeError, match="1 completions for problem p sample 0 step 0, asked for 2"):
-        labels.rollout_rows(prefixes, PROBLEMS, Short({}), k=2, stop=[])
+        rollouts.rollout_rows(prefixes, PROBLEMS, Short({}), k=2, stop=[])
 
 
 def test_training_labels_follow_the_supervision(tmp_path):
@@ -207,7 +209,7 @@ def test_training_labels_follow_the_supervision(tmp_path):
         labels.training_labels(spec, samples, PROBLEMS)
     rows = pl.DataFrame({"problem_id": ["p"] * 3, "sample_idx": [0] * 3, "step": [0, 1, 2], "kind": ["rollouts"] * 3,
                          "k": [4, 4, 1], "reached": [2, 0, 0], "output_tokens": [1] * 3,
-                         "completions": [[]] * 3, "answers": [[]] * 3}, schema=labels.ROLLOUTS)
+                         "completions": [[]] * 3, "answers": [[]] * 3}, schema=rollouts.ROLLOUTS)
     rows.write_parquet(tmp_path / "r.parquet")
     assert labels.training_labels(spec, samples, PROBLEMS, str(tmp_path / "r.parquet")) == [[0.5, 0.0, 0.0]]
 
