@@ -21,7 +21,10 @@ always wrong. An AUC is NULL when one of its two classes is empty.
 `prm_quality` builds the aggregate's table of that name (one row per dataset x model x
 PRM over the sampled cache's scores; columns: dataset, model, prm, samples, problems,
 correct, steps, steps_good, auc_last_step, auc_last_step_se, auc_within_problem,
-problems_within, auc_step, auc_step_se, auc_mean_logprob); `summary_lines` its
+problems_within, auc_step, auc_step_se, auc_mean_logprob, and for a value head the
+workflow fitted, from its value_head.json: supervision, heldout_problems,
+heldout_auc_last_step, heldout_auc_last_step_se, heldout_auc_step (vs its own training
+labels), heldout_auc_step_arith_check; NULL for other PRMs); `summary_lines` its
 section of results/summary.md.
 """
 
@@ -50,6 +53,12 @@ QUALITY = {
     "auc_step": pl.Float64,
     "auc_step_se": pl.Float64,
     "auc_mean_logprob": pl.Float64,
+    "supervision": pl.String,
+    "heldout_problems": pl.Int64,
+    "heldout_auc_last_step": pl.Float64,
+    "heldout_auc_last_step_se": pl.Float64,
+    "heldout_auc_step": pl.Float64,
+    "heldout_auc_step_arith_check": pl.Float64,
 }
 
 
@@ -167,8 +176,9 @@ def mean_logprob() -> pl.Expr:
 
 def prm_quality(tables: dict[str, pl.DataFrame], manifest: dict) -> pl.DataFrame | None:
     """The aggregate's `prm_quality` table from its `scores`, `grades`, `samples` and
-    `problems` tables (and the sampled caches' shards for the step texts on arith
-    problems); None when nothing was scored."""
+    `problems` tables (and, from the manifest, the sampled caches' shards for the step
+    texts on arith problems and the value heads' value_head.json for their held-out
+    AUCs); None when nothing was scored."""
     from pipeline import arith_check
 
     if "scores" not in tables or tables["scores"].height == 0:
@@ -190,8 +200,25 @@ def prm_quality(tables: dict[str, pl.DataFrame], manifest: dict) -> pl.DataFrame
             texts = _texts(manifest, dataset, model, key)
             with_text = scored.join(texts, on=["problem_id", "sample_idx"], how="left")
             step_labels = arith_check.labels_for(with_text, problems)
-        rows.append({"dataset": dataset, "model": model, "prm": prm, **quality(scored, step_labels)})
+        rows.append({"dataset": dataset, "model": model, "prm": prm, **quality(scored, step_labels),
+                     **_heldout(manifest, model, prm)})
     return pl.DataFrame(rows, schema=QUALITY) if rows else None
+
+
+def _heldout(manifest: dict, model: str, prm: str) -> dict:
+    """The held-out AUCs a fitted value head recorded at training (none for other PRMs)."""
+    import json
+    from pathlib import Path
+
+    for h in manifest.get("value_heads", []):
+        meta = Path(h["dir"]) / "value_head.json"
+        if (h["model"], h["prm"]) == (model, prm) and meta.is_file():
+            training = json.loads(meta.read_text()).get("training", {})
+            held = training.get("heldout", {})
+            return {"supervision": training.get("supervision"), "heldout_problems": held.get("problems"),
+                    **{f"heldout_{k}": held.get(k) for k in ("auc_last_step", "auc_last_step_se", "auc_step",
+                                                              "auc_step_arith_check")}}
+    return {}
 
 
 def _texts(manifest: dict, dataset: str, model: str, key: str) -> pl.DataFrame:
@@ -213,12 +240,17 @@ def summary_lines(table: pl.DataFrame | None) -> list[str]:
     out = ["## PRM quality on the evaluation samples", "",
            "AUC of the last step's score vs final correctness (± bootstrap SE over problems), "
            "within problems (mean per-problem AUC), of every step's score vs its arith-check "
-           "label, and of the policy's mean token log-probability (the baseline). "
+           "label, and of the policy's mean token log-probability (the baseline); for a value "
+           "head the workflow fitted, its supervision and its last-step and step AUCs on the "
+           "held-out fifth of its training problems (value_head.json). "
            "Table `prm_quality` in the database.", "",
-           "| dataset | model | prm | samples | correct | last step | within problem | step | mean log-prob |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| dataset | model | prm | samples | correct | last step | within problem | step | mean log-prob "
+           "| supervision | held-out last step | held-out step |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.iter_rows(named=True):
         out.append(f"| {r['dataset']} | {r['model']} | {r['prm']} | {r['samples']} | {r['correct']} | "
                    f"{f(r['auc_last_step'], r['auc_last_step_se'])} | {f(r['auc_within_problem'])} | "
-                   f"{f(r['auc_step'], r['auc_step_se'])} | {f(r['auc_mean_logprob'])} |")
+                   f"{f(r['auc_step'], r['auc_step_se'])} | {f(r['auc_mean_logprob'])} | "
+                   f"{r['supervision'] or '–'} | {f(r['heldout_auc_last_step'], r['heldout_auc_last_step_se'])} | "
+                   f"{f(r['heldout_auc_step'])} |")
     return out + [""]

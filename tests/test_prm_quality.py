@@ -63,7 +63,12 @@ def test_prm_quality_table_from_aggregate_tables(tmp_path):
                                 "problem_id": [k[0] for k in texts], "sample_idx": [k[1] for k in texts],
                                 "scores": [[0.6, 0.9], [0.7, 0.2], [0.5, 0.4], [], [0.3]]}),
     }
-    manifest = {"caches": [{**keys, "kind": "sampled", "shards": [str(shard)]}]}
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "value_head.json").write_text(json.dumps({"training": {"supervision": "arith-check", "heldout": {
+        "problems": 3, "auc_last_step": 0.75, "auc_last_step_se": 0.1, "auc_step": 0.8, "auc_step_arith_check": 0.8}}}))
+    manifest = {"caches": [{**keys, "kind": "sampled", "shards": [str(shard)]}],
+                "value_heads": [{"model": "m", "prm": "p", "dir": str(head)}, {"model": "m", "prm": "q", "dir": "none"}]}
     table = prm_quality.prm_quality(tables, manifest)
     assert table.schema == pl.Schema(prm_quality.QUALITY)
     row = table.row(0, named=True)
@@ -76,8 +81,14 @@ def test_prm_quality_table_from_aggregate_tables(tmp_path):
     assert row["auc_step"] == pytest.approx(auc([0.6, 0.9, 0.7, 0.2, 0.5, 0.4, 0.3], [1, 1, 0, 0, 1, 1, 0]))
     # mean log-probs -0.5, -2, -1, -3
     assert row["auc_mean_logprob"] == 1.0
+    # the value head's own held-out AUCs beside them
+    assert (row["supervision"], row["heldout_problems"], row["heldout_auc_last_step"], row["heldout_auc_step"]) == (
+        "arith-check", 3, 0.75, 0.8)
+    other = prm_quality.prm_quality({**tables, "scores": tables["scores"].with_columns(prm=pl.lit("logprob"))}, manifest)
+    assert other.row(0, named=True)["supervision"] is None and other["heldout_auc_last_step"].is_null().all()
     lines = prm_quality.summary_lines(table)
     assert lines[0] == "## PRM quality on the evaluation samples" and "| arith | m | p | 4 | 2 | 1.000" in lines[-2]
+    assert lines[-2].endswith("| arith-check | 0.750 ± 0.100 | 0.800 |")
     assert prm_quality.summary_lines(None) == []
     views = {name: pl.DataFrame() for name in ("accuracy_vs_flops", "pareto", "compute_optimal")}
     views["accuracy_vs_flops"] = pl.DataFrame(schema={"dataset": pl.String, "num_problems": pl.Int64})

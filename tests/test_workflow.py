@@ -129,6 +129,8 @@ def check_latency(con):
     assert (quality["samples"] == scored).all() and (quality["steps"] > quality["samples"]).all()
     for col in ("auc_last_step", "auc_step", "auc_mean_logprob"):
         assert quality[col].drop_nulls().is_between(0, 1).all()
+    assert quality["supervision"].to_list() == [None, "rollouts"]  # the head's, from value_head.json
+    assert quality["heldout_problems"].to_list() == [None, held["problems"]]
     assert "## PRM quality on the evaluation samples" in (run / "results" / "summary.md").read_text()
 
 
