@@ -367,7 +367,7 @@ def read_views(db: str | Path) -> dict[str, pl.DataFrame]:
     with duckdb.connect(str(db), read_only=True) as con:
         out = {name: pl.from_arrow(con.sql(sql).to_arrow_table()) for name, sql in READ.items()}
         # prm_quality exists only when a PRM scored something
-        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'prm_quality'").fetchone()[0]:
+        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'prm_quality'").fetchall()[0][0]:
             out["prm_quality"] = pl.from_arrow(con.sql("SELECT * FROM prm_quality").to_arrow_table())
         return out
 

@@ -107,3 +107,21 @@ def test_paired_auc_difference():
     same, se0, (lo0, hi0) = auc_difference(good, good, labels, groups, draws=50)
     assert same == 0 and se0 == 0 and lo0 == hi0 == 0
     assert auc_difference(good, noise, [False] * 200, groups) is None
+
+
+def test_the_database_carries_prm_quality_when_there_is_one(tmp_path):
+    from test_aggregate_views import replay_rows
+
+    from pipeline import aggregate
+
+    tables = {
+        "replay": aggregate._replay_table([pl.DataFrame(replay_rows("d", "m", 1e8, "majority", [1, 2], lambda n: 0.3, 20))]),
+        "models": pl.DataFrame({"model": ["m"], "path": ["p"], "identity": ["p"], "params_total": [10 ** 8],
+                                "params_embedding": [0], "tie_word_embeddings": [True]}),
+    }
+    quality = pl.DataFrame([{"dataset": "d", "model": "m", "prm": "p", "auc_last_step": 0.7}], schema=prm_quality.QUALITY)
+    aggregate.write_duckdb({**tables, "prm_quality": quality}, tmp_path / "q.duckdb")
+    aggregate.write_duckdb(tables, tmp_path / "none.duckdb")
+    views = aggregate.read_views(tmp_path / "q.duckdb")
+    assert views["prm_quality"]["auc_last_step"].to_list() == [0.7] and "accuracy_vs_flops" in views
+    assert "prm_quality" not in aggregate.read_views(tmp_path / "none.duckdb")
