@@ -14,7 +14,8 @@ correct, within problem, steps vs arith-check labels), the policy's mean log-pro
 baseline, training and scoring seconds. `--make-rollouts` first runs the rollouts job
 (pipeline.rollouts, one vLLM engine) for the config's rollout settings and times it.
 Everything is written under OUT_DIR (heads, scores, rollouts, results.json); RUN is
-only read.
+only read. `--add` keeps the variants OUT_DIR/results.json already holds (e.g. a run
+with other rollout settings) and adds these, so `--compare-only` pairs them all.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import arith_check, labels, models, plan, prm_quality, rollouts as rollout_stage, score  # noqa: E402
+from pipeline import arith_check, labels, models, plan, prm_quality, rollouts as rollout_stage, score, timing  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "outcome": {"supervision": "outcome"},
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--make-rollouts", action="store_true", help="run the rollouts job first (vLLM)")
     ap.add_argument("--eval-limit", type=int, help="score only the first N evaluation problems")
     ap.add_argument("--compare-only", action="store_true", help="only the paired comparison of OUT's scores")
+    ap.add_argument("--add", action="store_true",
+                    help="keep the variants already in OUT/results.json (same caches) and add these")
     a = ap.parse_args()
     if a.compare_only:
         os.chdir(a.workdir)
@@ -88,7 +91,12 @@ def main() -> None:
     train_grades = f"results/grades/{train_cache.dataset}/{model}/{train_cache.key}.parquet"
     variants = json.loads(a.variants) if a.variants else DEFAULT_VARIANTS
     results: dict = {"workdir": str(Path.cwd()), "train_key": train_cache.key, "eval_key": eval_cache.key,
-                     "variants": {}}
+                     "variants": {}, "rollouts": {}}
+    if a.add and (out / "results.json").is_file():
+        before = json.loads((out / "results.json").read_text())
+        if (before["train_key"], before["eval_key"]) != (train_cache.key, eval_cache.key):
+            raise SystemExit(f"{out}/results.json was made from other caches; use another --out")
+        results["variants"], results["rollouts"] = before["variants"], before.get("rollouts", {})
 
     rollouts = a.rollouts
     if a.make_rollouts:
@@ -98,16 +106,17 @@ def main() -> None:
         rollouts = str(out / "rollouts" / job.key / "rollouts.parquet")
         t0 = time.perf_counter()
         rollout_stage.run_rollouts(spec=job.spec(), model_dir=policy_dir, problems=train_problems,
-                            shards=shards(train_cache), out=rollouts)
-        results["rollouts"] = {"seconds": time.perf_counter() - t0, "settings": job.spec()["rollouts"],
-                               "path": rollouts}
-        print(f"rollouts: {results['rollouts']['seconds']:.1f} s", flush=True)
+                                   shards=shards(train_cache), out=rollouts)
+        results["rollouts"][rollouts] = {"seconds": time.perf_counter() - t0, "settings": job.spec()["rollouts"]}
+        print(f"rollouts: {results['rollouts'][rollouts]['seconds']:.1f} s", flush=True)
     if rollouts:
         r = pl.read_parquet(rollouts)
         rolled = r.filter(pl.col("kind") == "rollouts")
-        results.setdefault("rollouts", {})["stats"] = {
-            "steps": r.height, "rolled_out": rolled.height, "completions": int(rolled["k"].sum()),
-            "output_tokens": int(rolled["output_tokens"].sum()), "steps_reached": float((r["reached"] > 0).mean())}
+        results["rollouts"].setdefault(rollouts, {}).update(
+            timing=timing.read_record(rollouts),
+            stats={"steps": r.height, "rolled_out": rolled.height, "completions": int(rolled["k"].sum()),
+                   "output_tokens": int(rolled["output_tokens"].sum()),
+                   "steps_reached": float((r["reached"] > 0).mean())})
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     if not variants:
@@ -147,7 +156,8 @@ def main() -> None:
         step_labels = arith_check.labels_for(data, problems_eval) if arith_check.is_arith(problems_eval) else None
         evaluation = prm_quality.quality(data, step_labels)
         results["variants"][name] = {"train": train, "train_seconds": train_s, "score_seconds": score_s,
-                                     "training": heldout, "evaluation": evaluation}
+                                     "training": heldout, "evaluation": evaluation,
+                                     "rollouts": rollouts if labels.supervision_of(vspec) == "rollouts" else None}
         h, e = heldout["heldout"], evaluation
         print(f"{name}: train {train_s:.0f} s, score {score_s:.0f} s | held-out last {h['auc_last_step']}, "
               f"step {h.get('auc_step')}, step(arith) {h.get('auc_step_arith_check')} | eval last "
