@@ -37,6 +37,10 @@ Tables:
                heads): stage, dataset, model, kind, prm, search, key, budget, file,
                problems, samples, prompt/output/prm tokens, load_s, work_s, device, engine
                (pipeline/latency.py; NULL seconds: written before timing was recorded)
+    prm_quality  one row per dataset x model x PRM: AUCs of the PRM's scores on the
+               evaluation samples (last step vs correct, within problems, steps vs
+               arith-check labels) beside the policy's mean log-prob; columns in
+               pipeline/prm_quality.py. (Only when a PRM scored something.)
     search     dataset, model, prm, search (config entry), key, and the SEARCH columns of
                pipeline/search.py: per problem x selection rule x aggregation, the chosen
                answer, accuracy, complete leaves, policy / prompt / PRM tokens, depth,
@@ -100,7 +104,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import allocation, claims, latency, search, stats, views
+from pipeline import allocation, claims, io, latency, prm_quality, search, stats, views
 from pipeline.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
 )
@@ -418,7 +422,11 @@ def read_views(db: str | Path) -> dict[str, pl.DataFrame]:
     import duckdb
 
     with duckdb.connect(str(db), read_only=True) as con:
-        return {name: pl.from_arrow(con.sql(sql).to_arrow_table()) for name, sql in READ.items()}
+        out = {name: pl.from_arrow(con.sql(sql).to_arrow_table()) for name, sql in READ.items()}
+        # prm_quality exists only when a PRM scored something
+        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'prm_quality'").fetchall()[0][0]:
+            out["prm_quality"] = pl.from_arrow(con.sql("SELECT * FROM prm_quality").to_arrow_table())
+        return out
 
 
 def size_fits(data: dict[str, pl.DataFrame], *, convention: str = "paper") -> dict[str, stats.SizeFit | None]:
@@ -480,7 +488,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tables", nargs="+", required=True,
                     help="HTML tables of the views, each named <view>.html")
     a = ap.parse_args(argv)
-    tables = build_tables(json.loads(a.manifest))
+    manifest = json.loads(a.manifest)
+    tables = build_tables(manifest)
+    quality = prm_quality.prm_quality(tables, manifest)
+    if quality is not None:
+        tables["prm_quality"] = quality
     tables["provenance"] = provenance(a.config)
     write_duckdb(tables, a.db, analysis=analysis_settings(json.loads(a.config)))
     write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,

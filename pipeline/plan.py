@@ -146,6 +146,48 @@ def find(entries: list, **match: str):
     return found[0]
 
 
+# --------------------------------------------------------------------------- rollouts
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """The Math-Shepherd rollouts of one value head's training cache (supervision:
+    rollouts): one job, one protected Parquet in a folder named by its key."""
+
+    dataset: str  # the training dataset, '<prm>-train'
+    model: str
+    prm: str
+    key: str
+    job: dict = field(repr=False)  # what the job needs (pipeline.rollouts --spec)
+
+    def spec(self) -> dict[str, Any]:
+        return self.job
+
+    @property
+    def path(self) -> str:
+        return f"results/rollouts/{self.dataset}/{self.model}/{self.key}/rollouts.parquet"
+
+
+def rollouts(config: dict, planned: list[Cache]) -> list[Rollouts]:
+    """Rollouts for every value head with `supervision: rollouts` x model. The key hashes
+    the training cache's key and the rollout settings that change the completions (not
+    the hard/soft choice, which only training reads): a changed setting is a new folder."""
+    from pipeline import labels, rollouts as rollout_labels
+
+    out: list[Rollouts] = []
+    for prm, spec in trained_prms(config).items():
+        if labels.supervision_of(spec) != "rollouts":
+            continue
+        settings = {k: rollout_labels.settings_of(spec)[k] for k in rollout_labels.KEY_SETTINGS}
+        for model in config["models"]:
+            train = find(planned, dataset=f"{prm}-train", model=model, kind="train")
+            key = hashlib.sha256(json.dumps({"train_key": train.key, **settings}, sort_keys=True).encode()).hexdigest()[:12]
+            job = {"key": key, "train_key": train.key, "rollouts": settings, "prompt": train.prompt,
+                   "engine_args": train.engine_args}
+            out.append(Rollouts(train.dataset, model, prm, key, job))
+    return out
+
+
 # --------------------------------------------------------------------------- tree search
 
 SEARCH_SETTINGS = {"rebase": ("temperature",), "beam": ("children",), "mcts": ("exploration", "root_children")}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io
+from pipeline import io, prm_quality
 from pipeline.views import COST_CONVENTIONS
 
 def _fmt(v) -> str:
@@ -253,6 +253,7 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
             out += ["Compute-optimal model size: one model size is optimal at every budget, "
                     "so no line can be fitted.", ""]
         out += _adaptive_section(views.get("adaptive"), dataset)
+    out += prm_quality.summary_lines(views.get("prm_quality"))
     return "\n".join(out)
 
 

@@ -7,7 +7,8 @@ PRM entries in config (`prms:`):
     options     format options passed to pipeline.prm.load (tag strings, dtype, ...)
     train       value-head only: how the workflow fits the head on the policy's own
                 samples: {dataset: <a datasets-style entry, e.g. arith train split>,
-                n: samples per problem, l2: penalty}
+                n: samples per problem, l2: penalty, supervision: outcome | rollouts |
+                arith-check (the step labels, pipeline/labels.py), rollouts: {k, ...}}
 
 Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row per sample):
     problem_id   str
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io, models, timing
+from pipeline import arith_check, io, labels, models, rollouts, timing
 
 SCORES = {
     "problem_id": pl.String,
@@ -74,6 +75,8 @@ def check_config(config: dict) -> None:
             raise ValueError(f"{where}: format 'value-head' needs `train` (the samples the workflow fits the head on)")
         if fmt != "value-head" and "train" in spec:
             raise ValueError(f"{where}.train: only value-head PRMs are fitted by the workflow, not format {fmt!r}")
+        if fmt == "value-head":
+            labels.check_config(name, spec)
         if fmt in POLICY_FORMATS and "model" in spec:
             raise ValueError(
                 f"{where}.model: format {fmt!r} reads each policy model itself; remove `model` "
@@ -149,17 +152,23 @@ def score_samples(
     return out.select([pl.col(c).cast(t) for c, t in SCORES.items()])
 
 
-def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grades: str, out: str) -> None:
-    """Fit a value head on graded samples of the training cache; report held-out AUC."""
-    from pipeline import prm
+def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grades: str, out: str,
+          rollouts_file: str | None = None) -> None:
+    """Fit a value head on graded samples of the training cache, with the entry's step
+    labels (pipeline.labels); report held-out AUCs (pipeline.prm_quality)."""
+    from pipeline import prm, prm_quality
 
     samples = pl.concat([pl.read_parquet(f) for f in shards])
+    problem_rows = pl.read_parquet(problems)
     data = (
         samples.join(pl.read_parquet(grades).select("problem_id", "sample_idx", "correct"), on=["problem_id", "sample_idx"])
-        .join(pl.read_parquet(problems).select("problem_id", "question"), on="problem_id")
+        .join(problem_rows.select("problem_id", "question"), on="problem_id")
         .filter(pl.col("step_ends").list.len() > 0)
         .sort("problem_id", "sample_idx")
     )
+    targets = labels.training_labels(spec, data, problem_rows, rollouts_file)
+    data = data.with_columns(target=pl.Series(targets if targets is not None else [[float(c)] * len(e) for c, e in
+                                              zip(data["correct"], data["step_ends"])], dtype=pl.List(pl.Float64)))
     # Hold out a fifth of the problems (whole problems, so no question leaks) for the AUC.
     ids = data["problem_id"].unique(maintain_order=True).to_list()
     held = set(ids[::5])
@@ -175,12 +184,23 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
         policy = prm.load("logprob", policy_dir, **{k: options[k] for k in LOAD_OPTIONS if k in options})
     with watch.phase("work"):
         head = prm.train_value_head(policy_dir, *args(fit), fit["correct"].to_list(), l2=train_cfg.get("l2", 1e-3),
+                                    labels_per_step=fit["target"].to_list() if targets is not None else None,
                                     **options, _loaded=(policy.model, policy.tokenizer))
         scores, heldout_tokens = head.score(*args(test))
-    last = [s[-1] for s in scores]
-    labels = test["correct"].to_list()
-    heldout_auc = prm.auc(last, labels) if 0 < sum(labels) < len(labels) else None
-    head.training["heldout"] = {"problems": len(held), "samples": test.height, "auc_last_step": heldout_auc}
+    scored = test.with_columns(scores=pl.Series(scores, dtype=pl.List(pl.Float64)))
+    if {"cumulative_logprob", "output_tokens"} <= set(scored.columns):  # the baseline, where recorded
+        scored = scored.with_columns(prm_quality.mean_logprob())
+    supervision = labels.supervision_of(spec)
+    heldout = {"problems": len(held), **prm_quality.quality(scored, test["target"].to_list())}
+    # auc_step above is against the head's own labels; on arith problems also against the
+    # arith-check labels, the yardstick every supervision is compared on
+    if arith_check.is_arith(problem_rows):
+        check = prm_quality.quality(scored, arith_check.labels_for(test, problem_rows))
+        heldout["auc_step_arith_check"], heldout["steps_good_arith_check"] = check["auc_step"], check["steps_good"]
+    head.training["supervision"] = supervision
+    if supervision == "rollouts":
+        head.training["rollouts"] = rollouts.settings_of(spec)
+    head.training["heldout"] = heldout
     head.training["timing"] = timing.record(
         watch, device=timing.describe_device(policy.device), problems=len(ids), samples=data.height,
         prm_tokens=head.training.get("tokens", 0) + sum(heldout_tokens),
@@ -204,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--problems", required=True)
     ap.add_argument("--head", help="value head directory (value-head format)")
     ap.add_argument("--grades")
+    ap.add_argument("--rollouts", help="rollouts Parquet (value heads with supervision: rollouts)")
     ap.add_argument("--batch-size", type=int, help="default: the spec's batch_size, else 8")
     ap.add_argument("--out", required=True)
     ap.add_argument("shards", nargs="+")
@@ -211,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(a.spec)
     policy_dir = models.model_dir_of(a.info)
     if a.what == "train":
-        train(spec=spec, policy_dir=policy_dir, problems=a.problems, shards=a.shards, grades=a.grades, out=a.out)
+        train(spec=spec, policy_dir=policy_dir, problems=a.problems, shards=a.shards, grades=a.grades, out=a.out,
+              rollouts_file=a.rollouts)
         return
     watch = timing.Stopwatch()
     with watch.phase("load"):

@@ -25,6 +25,7 @@ ALL_CORES = 1 << 20
 
 CACHES = plan.caches(config)
 SEARCHES = plan.searches(config)
+ROLLOUTS = plan.rollouts(config, CACHES)
 EMBEDDED_MODELS = [m for m, c in config["models"].items() if models.is_embedded(c["path"])]
 PRMS = config.get("prms", {})
 
@@ -234,12 +235,36 @@ def get_prm_batch_size(wildcards):
 
 def get_training_inputs(wildcards):
     cache = plan.find(CACHES, dataset=f"{wildcards.trained}-train", model=wildcards.model, kind="train")
-    return {
+    inputs = {
         "problems": f"results/problems/{cache.dataset}.parquet",
         "grades": f"results/grades/{cache.dataset}/{cache.model}/{cache.key}.parquet",
         "shards": shard_paths(cache),
         "info": f"results/models/{wildcards.model}/info.json",
     }
+    found = [r for r in ROLLOUTS if r.prm == wildcards.trained and r.model == wildcards.model]
+    if found:
+        inputs["rollouts"] = found[0].path
+    return inputs
+
+
+def get_rollouts_arg(wildcards, input):
+    return f"--rollouts {input.rollouts}" if "rollouts" in input.keys() else ""
+
+
+def get_rollout_inputs(wildcards):
+    # ancient: the key pins the training samples; a re-made identical shard must not
+    # redo paid-for rollouts
+    cache = plan.find(CACHES, dataset=wildcards.dataset, model=wildcards.model, kind="train")
+    return {
+        "problems": ancient(f"results/problems/{cache.dataset}.parquet"),
+        "shards": ancient(shard_paths(cache)),
+        "info": ancient(f"results/models/{wildcards.model}/info.json"),
+    }
+
+
+def get_rollout_spec(wildcards):
+    found = plan.find(ROLLOUTS, dataset=wildcards.dataset, model=wildcards.model, key=wildcards.key)
+    return json.dumps(found.spec())
 
 
 def get_value_head(wildcards):

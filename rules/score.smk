@@ -1,5 +1,6 @@
 # PRM scoring, one job per sample shard (a killed run keeps finished score shards), and
-# the value heads the workflow fits on the policy's own training-split samples.
+# the value heads the workflow fits on the policy's own training-split samples, with the
+# Math-Shepherd rollouts that label their steps (supervision: rollouts).
 
 
 rule train_value_head:
@@ -9,6 +10,7 @@ rule train_value_head:
         directory("results/prms/{model}/{trained}"),
     params:
         spec=get_prm_spec,
+        rollouts=get_rollouts_arg,
     threads: ALL_CORES
     resources:
         gpu=1,
@@ -20,7 +22,30 @@ rule train_value_head:
         "results/benchmarks/train_value_head/{model}/{trained}.tsv"
     shell:
         "python -m pipeline.score train --spec {params.spec:q} --info {input.info} "
-        "--problems {input.problems} --grades {input.grades} --out {output} {input.shards} > {log} 2>&1"
+        "--problems {input.problems} --grades {input.grades} {params.rollouts} --out {output} "
+        "{input.shards} > {log} 2>&1"
+
+
+rule rollouts:
+    input:
+        unpack(get_rollout_inputs),
+    output:
+        # protected: rollouts are paid-for policy compute, never overwritten (README)
+        protected("results/rollouts/{dataset}/{model}/{key}/rollouts.parquet"),
+    params:
+        spec=get_rollout_spec,
+    threads: ALL_CORES
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    log:
+        "logs/rollouts/{dataset}/{model}/{key}.log",
+    benchmark:
+        "results/benchmarks/rollouts/{dataset}/{model}/{key}.tsv"
+    shell:
+        "python -m pipeline.rollouts --spec {params.spec:q} --info {input.info} "
+        "--problems {input.problems} --out {output} {input.shards} > {log} 2>&1"
 
 
 rule score:

@@ -27,7 +27,10 @@ TINY["sampling"].update(n=4, max_tokens=48)
 TINY["shards"] = {"problems": 8, "samples": 4}
 TINY["prms"]["logprob"] = {"format": "logprob", "options": {"dtype": "bfloat16"}}
 TINY["prms"]["value-head"]["train"] = {
-    "dataset": {"source": "arith", "split": "train", "seed": 0, "levels": [1], "limit": 8}, "n": 4
+    "dataset": {"source": "arith", "split": "train", "seed": 0, "levels": [1], "limit": 8}, "n": 4,
+    # step labels from real Math-Shepherd rollouts (one short completion per step prefix),
+    # so the rollouts rule runs once per session (pipeline/rollouts.py)
+    "supervision": "rollouts", "rollouts": {"k": 1, "max_tokens": 24},
 }
 # Every tree-search algorithm once, guided by the value head (one job per budget).
 TINY["search"] = {

@@ -38,7 +38,7 @@ from conftest import REPO, SNAKEMAKE, TINY, open_db, snakemake_env, write_config
 
 CLUSTER = REPO / "scripts" / "slurm" / "cluster.sh"
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
-GPU_RULES = {"generate", "score", "train_value_head", "search"}
+GPU_RULES = {"generate", "score", "train_value_head", "search", "rollouts"}
 RUN_TIMEOUT_S = 600  # per Snakemake run; `timeout -s INT` so Snakemake scancels its jobs
 
 # TINY's sampled cache (same key and shards, so the same engine seed) with one cheap PRM,

@@ -140,6 +140,31 @@ def check_latency(con):
     summary = (run / "results" / "summary.md").read_text()
     assert "### Difficulty-adaptive allocation" in summary and "arith / smollm2-135m" in summary
 
+    # the head learnt from Math-Shepherd rollouts: one row per step of every training
+    # sample with steps, one completion per step prefix without a final answer
+    assert head["training"]["supervision"] == "rollouts" and head["training"]["rollouts"]["k"] == 1
+    [rollouts] = (run / "results" / "rollouts" / "value-head-train" / "smollm2-135m").glob("*/rollouts.parquet")
+    rows = pl.read_parquet(rollouts)
+    [train_shard] = (run / "results" / "samples" / "value-head-train" / "smollm2-135m").glob("*/*.parquet")
+    assert rows.height == pl.read_parquet(train_shard)["step_ends"].list.len().sum() > 0
+    rolled = rows.filter(pl.col("kind") == "rollouts")
+    assert rolled.height > 0 and (rolled["k"] == 1).all() and (rolled["completions"].list.len() == 1).all()
+    assert ((rows["reached"] >= 0) & (rows["reached"] <= rows["k"])).all()
+    assert json.loads((rollouts.parent / "key.json").read_text())["rollouts"]["k"] == 1
+    held = head["training"]["heldout"]
+    assert {"auc_last_step", "auc_step", "auc_step_arith_check", "auc_mean_logprob"} <= set(held)
+
+    # PRM quality on the evaluation samples, per PRM, in the database and the summary
+    quality = pl.from_arrow(con.sql("SELECT * FROM prm_quality ORDER BY prm").to_arrow_table())
+    assert quality["prm"].to_list() == ["logprob", "value-head"]
+    scored = con.execute("SELECT count(*) FROM scores WHERE len(scores) > 0 AND prm = 'logprob'").fetchall()[0][0]
+    assert (quality["samples"] == scored).all() and (quality["steps"] > quality["samples"]).all()
+    for col in ("auc_last_step", "auc_step", "auc_mean_logprob"):
+        assert quality[col].drop_nulls().is_between(0, 1).all()
+    assert quality["supervision"].to_list() == [None, "rollouts"]  # the head's, from value_head.json
+    assert quality["heldout_problems"].to_list() == [None, held["problems"]]
+    assert "## PRM quality on the evaluation samples" in (run / "results" / "summary.md").read_text()
+
 
 def test_tree_search_results(run):
     with open_db(run) as con:
@@ -193,7 +218,7 @@ def test_adding_a_model_runs_only_its_jobs(run):
     config["models"]["smollm2-copy"] = {**config["models"]["smollm2-135m"]}
     jobs = planned_jobs(snakemake(run, config, "-n").stdout)
     assert {r for r, _ in jobs} == {
-        "embedded_model", "model_info", "generate", "grade", "train_value_head", "score",
+        "embedded_model", "model_info", "generate", "grade", "rollouts", "train_value_head", "score",
         "replay", "replay_prm", "search", "aggregate", "all",
     }
     for rule, w in jobs:
