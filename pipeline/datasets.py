@@ -14,7 +14,11 @@ keys not listed here are ignored so other stages may keep their own settings the
   arith (generated, see `arith_problems`):
     split       "train" | "test"                                   (default "test")
     seed        int >= 0                                           (default 0)
-    levels      list of ints from {1, 2, 3}: number of operations  (default [1, 2, 3])
+    levels      list, cycled over the problems; each item the number of operations
+                (an int from {1, 2, 3}) or a difficulty {ops: 1-3, max_number: int}
+                                                                   (default [1, 2, 3])
+    max_number  int >= 2: the largest amount a story starts with, adds or takes away,
+                for the items of `levels` without their own        (default 20)
 
   gsm8k / math500:
     path        local JSONL file (relative paths resolve against the working
@@ -54,6 +58,10 @@ from pipeline import schemas
 SOURCES = ("arith", "gsm8k", "math500", "jsonl")
 SPLITS = ("train", "test")
 LEVELS = (1, 2, 3)
+# The arith generator's number range when a config gives none: numbers 1-20, products
+# k * m with k <= 5, m <= 10 (what every config written before `max_number` gets).
+MAX_NUMBER = 20
+MAX_NUMBER_LIMIT = 10**6
 
 # Hub fallbacks when `path` is absent: (dataset name, config name, split).
 _HUB_DEFAULTS: dict[str, tuple[str, str | None, str]] = {
@@ -80,6 +88,7 @@ def load_problems(name: str, cfg: dict) -> pl.DataFrame:
             seed=cfg.get("seed", 0),
             levels=cfg.get("levels", list(LEVELS)),
             count=limit,
+            max_number=cfg.get("max_number", MAX_NUMBER),
         )
     if source == "jsonl":
         path = _path(name, cfg, required=True)
@@ -137,32 +146,35 @@ def count_problems(name: str, cfg: dict) -> int:
 _COUNTS: dict[tuple, int] = {}
 
 
-def arith_problems(*, split: str, seed: int, levels: Sequence[int], count: int) -> pl.DataFrame:
+def arith_problems(*, split: str, seed: int, levels: Sequence[int | dict], count: int,
+                   max_number: int = MAX_NUMBER) -> pl.DataFrame:
     """`count` seeded arithmetic word problems as a PROBLEMS frame.
 
-    Problem i has level `levels[i % len(levels)]` (= number of operations) and is drawn
-    from its own RNG seeded by (seed, split, i), so the list is prefix-stable. Which
-    split a question text belongs to is a hash of the text itself (rejection sampling
-    redraws until it lands in `split`), so train and test never share a question, for
-    any pair of seeds.
+    Problem i has the difficulty `levels[i % len(levels)]`: an int is the number of
+    operations (its numbers up to `max_number`), a mapping {ops, max_number} sets both
+    for that problem. Each problem is drawn from its own RNG seeded by (seed, split, i),
+    so the list is prefix-stable, and with `max_number` 20 (the default) the draws are
+    exactly those of the generator before `max_number` existed. Which split a question
+    text belongs to is a hash of the text itself (rejection sampling redraws until it
+    lands in `split`), so train and test never share a question, for any pair of seeds.
+    Metadata: level (operations), max_number, expression (evaluates to the answer).
     """
     if split not in SPLITS:
         raise ValueError(f"arith: split must be one of {SPLITS}, got {split!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"arith: seed must be an int >= 0, got {seed!r}")
-    levels = list(levels)
-    if not levels or any(k not in LEVELS for k in levels):
-        raise ValueError(f"arith: levels must be a non-empty list from {LEVELS}, got {levels!r}")
+    _check_max_number(max_number, "max_number")
+    difficulties = _difficulties(levels, max_number)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"arith: count must be an int >= 0, got {count!r}")
 
     split_code = SPLITS.index(split)
     rows: dict[str, list[str]] = {c: [] for c in schemas.PROBLEMS}
     for i in range(count):
-        level = levels[i % len(levels)]
+        level, top = difficulties[i % len(difficulties)]
         for attempt in range(1000):  # P(landing in the split) is 1/2: never exhausted
             rng = np.random.default_rng([seed, split_code, i, attempt])
-            question, expression, answer = _arith_problem(rng, level)
+            question, expression, answer = _arith_problem(rng, level, top)
             if _arith_split(question) == split:
                 break
         else:  # pragma: no cover
@@ -170,8 +182,34 @@ def arith_problems(*, split: str, seed: int, levels: Sequence[int], count: int) 
         rows["problem_id"].append(f"arith-{split}-{i:05d}")
         rows["question"].append(question)
         rows["answer"].append(str(answer))
-        rows["metadata"].append(json.dumps({"level": level, "expression": expression}))
+        rows["metadata"].append(json.dumps({"level": level, "expression": expression, "max_number": top}))
     return schemas.conform(pl.DataFrame(rows, schema=schemas.PROBLEMS), schemas.PROBLEMS, "arith")
+
+
+def _check_max_number(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_NUMBER_LIMIT:
+        raise ValueError(f"arith: {where} must be an int from 2 to {MAX_NUMBER_LIMIT}, got {value!r}")
+
+
+def _difficulties(levels: Sequence[int | dict], max_number: int) -> list[tuple[int, int]]:
+    """`levels` as (operations, max_number) pairs, validated; errors name the item."""
+    levels = list(levels) if isinstance(levels, (list, tuple)) else levels
+    if not isinstance(levels, list) or not levels:
+        raise ValueError(f"arith: levels must be a non-empty list, got {levels!r}")
+    out = []
+    for j, item in enumerate(levels):
+        if isinstance(item, dict):
+            unknown = set(item) - {"ops", "max_number"}
+            if unknown or "ops" not in item:
+                raise ValueError(f"arith: levels[{j}] must be {{ops, max_number}} (ops required), got {item!r}")
+            ops, top = item["ops"], item.get("max_number", max_number)
+            _check_max_number(top, f"levels[{j}].max_number")
+        else:
+            ops, top = item, max_number
+        if isinstance(ops, bool) or ops not in LEVELS:
+            raise ValueError(f"arith: levels[{j}]: the number of operations must be one of {LEVELS}, got {ops!r}")
+        out.append((ops, top))
+    return out
 
 
 # ------------------------------------------------------------------------ config helpers
@@ -397,12 +435,15 @@ def _arith_split(question: str) -> str:
     return SPLITS[hashlib.sha256(question.encode()).digest()[0] & 1]
 
 
-def _arith_problem(rng: np.random.Generator, level: int) -> tuple[str, str, int]:
+def _arith_problem(rng: np.random.Generator, level: int, top: int = MAX_NUMBER) -> tuple[str, str, int]:
     """One word problem with exactly `level` operations: (question, expression, answer).
 
     The story keeps a running count that never goes negative; the expression is built
     left to right with products only as "k * m" terms, so ordinary precedence evaluates
-    it to the answer without parentheses.
+    it to the answer without parentheses. Amounts started with, added or taken away are
+    at most `top`; a product's factors k <= min(5, top), m <= min(10, top). The draws
+    call the RNG in the same order for every `top`, and `top` = 20 reproduces the
+    generator before it existed.
     """
 
     def pick(options: Sequence[Any]) -> Any:
@@ -424,19 +465,19 @@ def _arith_problem(rng: np.random.Generator, level: int) -> tuple[str, str, int]
     sentences: list[str] = []
     # Starting with a product costs one operation; only for multi-operation problems.
     if level >= 2 and rng.random() < 0.3:
-        k, m = num(2, 5), num(2, 10)
+        k, m = num(2, min(5, top)), num(2, min(10, top))
         sentences.append(pick(_START_MUL).format(k=k, m=m, om=noun(m), **fmt))
         expression, value = f"{k} * {m}", k * m
         ops_left -= 1
     else:
-        a = num(1, 20)
+        a = num(1, top)
         sentences.append(pick(_START).format(a=a, oa=noun(a), **fmt))
         expression, value = str(a), a
 
     while ops_left > 0:
         # A multiplied step ("3 boxes of 4") costs two operations: * and +/-.
         if ops_left >= 2 and rng.random() < 0.5:
-            k, m = num(2, 5), num(2, 10)
+            k, m = num(2, min(5, top)), num(2, min(10, top))
             if rng.random() < 0.5 and k * m <= value:
                 sentences.append(pick(_SUB_MUL).format(k=k, m=m, om=noun(m), **fmt))
                 expression, value = f"{expression} - {k} * {m}", value - k * m
@@ -446,11 +487,11 @@ def _arith_problem(rng: np.random.Generator, level: int) -> tuple[str, str, int]
             ops_left -= 2
         else:
             if rng.random() < 0.5 and value >= 1:
-                b = num(1, min(20, value))
+                b = num(1, min(top, value))
                 sentences.append(pick(_SUB).format(b=b, ob=noun(b), **fmt))
                 expression, value = f"{expression} - {b}", value - b
             else:
-                b = num(1, 20)
+                b = num(1, top)
                 sentences.append(pick(_ADD).format(b=b, ob=noun(b), **fmt))
                 expression, value = f"{expression} + {b}", value + b
             ops_left -= 1

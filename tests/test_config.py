@@ -42,3 +42,22 @@ def test_missing_dataset_file_is_named(tmp_path):
     config["datasets"] = {"g": {"source": "gsm8k", "path": str(tmp_path / "missing.jsonl")}}
     proc = dry_run(tmp_path, config)
     assert proc.returncode != 0 and "missing.jsonl" in proc.stdout + proc.stderr
+
+
+def test_schema_defaults_leave_dataset_keys_alone():
+    """Snakemake fills schema defaults into the config before cache keys are computed,
+    so a dataset key added later (max_number) has none: configs that do not set it
+    keep their cache keys."""
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(DEFAULT)
+    config["datasets"] = {"a": {"source": "arith", "limit": 4}, "m": {
+        "source": "arith", "limit": 4, "max_number": 5, "levels": [{"ops": 1, "max_number": 3}, 2]}}
+    validate(config, schema=str(REPO / "config" / "config.schema.yaml"), set_default=True)
+    assert "max_number" not in config["datasets"]["a"]
+    assert config["datasets"]["m"]["levels"] == [{"ops": 1, "max_number": 3}, 2]
+    for bad in ({"max_number": 1}, {"levels": [{"ops": 1, "numbers": 5}]}, {"levels": [{"ops": 4}]}):
+        wrong = copy.deepcopy(config)
+        wrong["datasets"]["a"].update(bad)
+        with pytest.raises(Exception, match="datasets|levels|max_number"):
+            validate(wrong, schema=str(REPO / "config" / "config.schema.yaml"), set_default=True)

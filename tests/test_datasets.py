@@ -312,6 +312,90 @@ def test_arith_answers_match_expression_and_levels():
     assert {json.loads(m)["level"] for m in only2["metadata"]} == {2}
 
 
+def _amounts(expression: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """(amounts started with, added or taken away; product factors (k, m)) of an expression."""
+    amounts, products = [], []
+    for term in re.split(r" [-+] ", expression):
+        if "*" in term:
+            k, m = map(int, term.split(" * "))
+            products.append((k, m))
+        else:
+            amounts.append(int(term))
+    return amounts, products
+
+
+@pytest.mark.parametrize("top", [2, 3, 5, 10, 50])
+def test_arith_max_number_bounds_every_amount(top):
+    df = datasets.arith_problems(split="test", seed=0, levels=[1, 2, 3], count=240, max_number=top)
+    largest, products = 0, 0
+    for i, row in enumerate(df.iter_rows(named=True)):
+        meta = json.loads(row["metadata"])
+        assert (meta["level"], meta["max_number"]) == ([1, 2, 3][i % 3], top)
+        assert len(re.findall(r" [-+*] ", meta["expression"])) == meta["level"]
+        amounts, factors = _amounts(meta["expression"])
+        assert all(1 <= a <= top for a in amounts), meta["expression"]
+        assert all(2 <= k <= min(5, top) and 2 <= m <= min(10, top) for k, m in factors), meta["expression"]
+        answer = int(row["answer"])
+        assert str(answer) == row["answer"] and answer == _eval(meta["expression"]) >= 0
+        largest, products = max([largest, *amounts]), products + len(factors)
+    assert largest == top and products > 0  # the range is used up to its top, products occur
+
+
+def test_arith_difficulty_mix_cycles_and_is_reproducible():
+    levels = [{"ops": 1, "max_number": 5}, 2, {"ops": 3}, {"ops": 2, "max_number": 100}]
+    df = datasets.arith_problems(split="train", seed=4, levels=levels, count=40, max_number=10)
+    got = [(m["level"], m["max_number"]) for m in map(json.loads, df["metadata"])]
+    assert got == [(1, 5), (2, 10), (3, 10), (2, 100)] * 10
+    assert df.equals(datasets.arith_problems(split="train", seed=4, levels=levels, count=40, max_number=10))
+    # Prefix-stable, and problem i depends only on its own difficulty: a dataset of
+    # only the first difficulty shares every 4th problem with the mix.
+    assert df.head(7).equals(datasets.arith_problems(split="train", seed=4, levels=levels, count=7, max_number=10))
+    alone = datasets.arith_problems(split="train", seed=4, levels=[levels[0]], count=40)
+    assert alone["question"].gather(range(0, 40, 4)).equals(df["question"].gather(range(0, 40, 4)))
+    for row in df.iter_rows(named=True):
+        assert int(row["answer"]) == _eval(json.loads(row["metadata"])["expression"]) >= 0
+    # A mapping without max_number is the int level; the splits stay disjoint.
+    assert datasets.arith_problems(split="test", seed=0, levels=[{"ops": 2}], count=20).equals(_arith(levels=[2], count=20))
+    train = set(datasets.arith_problems(split="train", seed=0, levels=levels, count=400, max_number=5)["question"])
+    test = set(datasets.arith_problems(split="test", seed=0, levels=levels, count=400, max_number=5)["question"])
+    assert not train & test
+
+
+def test_arith_default_numbers_are_the_original_problems():
+    # Pinned from the generator before max_number existed (the embedded default's
+    # caches depend on these): max_number 20 must draw exactly the same problems.
+    for kwargs in ({}, {"max_number": 20}):
+        df = datasets.arith_problems(split="test", seed=0, levels=[1, 2], count=4, **kwargs)
+        assert [json.loads(m)["expression"] for m in df["metadata"]] == ["12 + 17", "3 * 6 - 9", "11 - 10", "4 * 7 - 13"]
+        assert df["answer"].to_list() == ["29", "9", "1", "15"]
+        assert df["question"][0] == ("Kim has 12 balloons. Then Kim gets 17 more balloons from Sam. "
+                                     "How many balloons does Kim have now?")
+
+
+@pytest.mark.parametrize(
+    "cfg, words",
+    [
+        ({"max_number": 1}, "max_number must be an int from 2"),
+        ({"max_number": True}, "max_number must be an int from 2"),
+        ({"levels": [1, {"ops": 4}]}, r"levels\[1\]"),
+        ({"levels": [{"ops": 1, "max_number": 0}]}, r"levels\[0\].max_number"),
+        ({"levels": [{"max_number": 5}]}, r"levels\[0\]"),
+        ({"levels": [{"ops": 1, "numbers": 5}]}, r"levels\[0\]"),
+        ({"levels": []}, "non-empty"),
+    ],
+)
+def test_arith_difficulty_errors_name_the_item(cfg, words):
+    with pytest.raises(ValueError, match=words):
+        datasets.load_problems("a", {"source": "arith", "limit": 3, **cfg})
+
+
+def test_arith_via_config_with_difficulties():
+    cfg = {"source": "arith", "seed": 1, "levels": [{"ops": 1, "max_number": 5}, 2], "max_number": 9, "limit": 6}
+    df = datasets.load_problems("mix", cfg)
+    assert df.equals(datasets.arith_problems(split="test", seed=1, levels=cfg["levels"], count=6, max_number=9))
+    assert datasets.count_problems("mix", cfg) == 6
+
+
 def test_arith_intermediate_values_non_negative():
     df = _arith(count=300, levels=[3])
     for meta in map(json.loads, df["metadata"]):

@@ -57,6 +57,8 @@ def test_raising_n_keeps_key_and_old_shards():
         {"sampling__max_tokens": 65},
         {"sampling__seed": 1},
         {"datasets__arith__seed": 1},
+        {"datasets__arith__max_number": 10},
+        {"datasets__arith__levels": [{"ops": 1, "max_number": 5}, 2]},
         {"models__m__engine_args": {"dtype": "float32"}},
         {"prompts__p__template": "Question: {question}\nAnswer:"},
     ],
