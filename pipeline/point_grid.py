@@ -26,6 +26,7 @@ probe: its cost is the grid's.)
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -126,6 +127,12 @@ def cost_matrix(grid: Grid, convention: str, *, k: int, probe_prm: str | None) -
     """Per problem x point: the adaptive policy's cost in one of the grid's cost columns
     (see the module docstring). probe_prm: the PRM whose scores the probe reads (None:
     the probe reads none)."""
+    with warnings.catch_warnings():  # an unmeasured column (seconds) is all NaN: NaN out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _cost_matrix(grid, convention, k=k, probe_prm=probe_prm)
+
+
+def _cost_matrix(grid: Grid, convention: str, *, k: int, probe_prm: str | None) -> np.ndarray:
     pts = grid.points
     cost = grid.cost[convention]
     n = pts["n"].to_numpy().astype(float)
