@@ -49,7 +49,9 @@ MODEL = "smollm2-135m"
 SAMPLED = "p00000-00006_s0000-0004.parquet"  # TINY: 6 problems x 4 samples, one shard
 PRMS = ("logprob", "value-head")
 TABLES = ("problems", "models", "caches", "samples", "grades", "scores", "replay")  # at least
-MEASURED = {"replay": "EXCLUDE (seconds, load_s, device)"}  # pipeline/latency.py
+# What measured wall-clock times (pipeline/latency.py) decide: a rerun job takes its own time
+MEASURED = {"replay": "EXCLUDE (seconds, load_s, device)", "adaptive_problems": "EXCLUDE (seconds)"}
+MEASURED_ROWS = {"held_out_problems": "WHERE convention <> 'seconds'"}  # choices made in seconds
 
 
 # ------------------------------------------------------------------------- helpers
@@ -130,7 +132,8 @@ def tables(run: Path) -> dict[str, list[tuple]]:
         names = [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
         assert set(TABLES) <= set(names)
-        return {t: con.execute(f"SELECT * {MEASURED.get(t, '')} FROM {t} ORDER BY ALL").fetchall()
+        return {t: con.execute(f"SELECT * {MEASURED.get(t, '')} FROM {t} {MEASURED_ROWS.get(t, '')} ORDER BY ALL")
+                .fetchall()
                 for t in names if t not in ("provenance", "timings")}
 
 
