@@ -21,7 +21,6 @@ sets them for the whole process).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path

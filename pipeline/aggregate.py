@@ -104,7 +104,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import allocation, claims, io, latency, prm_quality, search, stats, tree, views
+from pipeline import allocation, claims, latency, prm_quality, search, stats, tree, views
 from pipeline.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
 )
