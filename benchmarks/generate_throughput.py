@@ -11,7 +11,6 @@ cached prompts. Prints the tokens/s of each and the ratio ours/raw (goal >= 0.9)
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--prm", default=None, help="a key of the config's prms (default: the first)")
     a = ap.parse_args()
 
-    from pipeline import datasets, generate, plan, prompts, score, search, timing
+    from pipeline import datasets, generate, plan, prompts, score, search, timing, tree
 
     config = yaml.safe_load(Path(a.config).read_text())
     workdir = Path(a.workdir).resolve()
@@ -56,7 +56,7 @@ def main() -> None:
     rebase_entry = [s for s in plan.searches(config) if s.dataset == dataset and s.model == model
                     and s.prm == prm_name and s.job["algorithm"] == "rebase"]
     job = rebase_entry[0].job if rebase_entry else {}
-    limits = search.Limits(**job.get("limits", {"max_tokens": cache.sampling["max_tokens"]}))
+    limits = tree.Limits(**job.get("limits", {"max_tokens": cache.sampling["max_tokens"]}))
     temperature = job.get("settings", {}).get("temperature", 0.2)
 
     watch = timing.Stopwatch()
@@ -100,10 +100,10 @@ def main() -> None:
 
     def run_rebase(r):
         t = time.perf_counter()
-        s = search.Searcher(search.VLLMGenerator(llm, temperature=sampling["temperature"], top_p=sampling["top_p"],
-                                                 stop=stop),
-                            prm, questions, texts, stop=stop, limits=limits, batch_size=batch_size)
-        trees = search.rebase(s, a.budget, temperature=temperature)
+        s = tree.Searcher(search.VLLMGenerator(llm, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                               stop=stop),
+                          prm, questions, texts, stop=stop, limits=limits, batch_size=batch_size)
+        trees = tree.rebase(s, a.budget, temperature=temperature)
         dt = time.perf_counter() - t
         out = sum(x.output_tokens for x in trees)
         add("rebase", dt, out, sum(x.prompt_tokens for x in trees), sum(x.prm_tokens for x in trees))

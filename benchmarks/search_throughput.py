@@ -21,7 +21,6 @@ sets them for the whole process).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -84,7 +83,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline import datasets, generate, models, plan, prompts, score, search
+    from pipeline import datasets, generate, models, plan, prompts, score, search, tree
 
     config = yaml.safe_load(Path(a.config).read_text())
     dataset, dcfg = next(iter(config["datasets"].items()))
@@ -120,10 +119,10 @@ def main() -> None:
         gen = Timed(search.VLLMGenerator(llm, temperature=sampling["temperature"], top_p=sampling["top_p"],
                                          stop=stop))
         scorer = TimedPRM(PlainPRM(prm) if plain else prm.session())
-        s = search.Searcher(gen, scorer, questions, texts, stop=stop,
-                            limits=search.Limits(max_tokens=sampling["max_tokens"]),
-                            batch_size=a.prm_batch_size or spec.get("batch_size", 32))
-        trees = search.rebase(s, a.budget, temperature=a.temperature)
+        s = tree.Searcher(gen, scorer, questions, texts, stop=stop,
+                          limits=tree.Limits(max_tokens=sampling["max_tokens"]),
+                          batch_size=a.prm_batch_size or spec.get("batch_size", 32))
+        trees = tree.rebase(s, a.budget, temperature=a.temperature)
         assert gen.tokens == sum(t.output_tokens for t in trees)
         return gen.tokens, gen.seconds, scorer.seconds
 

@@ -104,7 +104,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import allocation, claims, io, latency, prm_quality, search, stats, views
+from pipeline import allocation, claims, latency, prm_quality, search, stats, tree, views
 from pipeline.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
 )
@@ -241,7 +241,7 @@ def infer_strategies(replay: pl.DataFrame) -> pl.DataFrame:
             rows.append((strategy, PRM_FAMILY, None, strategy))
         elif with_prm:
             name, _, rule = strategy.partition("_")
-            rows.append((strategy, SEARCH_FAMILY, name if name in search.ALGORITHMS else None, rule or None))
+            rows.append((strategy, SEARCH_FAMILY, name if name in tree.ALGORITHMS else None, rule or None))
         else:
             rows.append((strategy, "other", None, None))
     return pl.DataFrame(rows, schema=STRATEGY_SCHEMA, orient="row").sort("strategy")

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import datasets, generate, models
-from pipeline import search as search_mod
+from pipeline import datasets, generate, models, tree
 
 SHARD_DEFAULTS = {"problems": 64, "samples": 8}
 
@@ -238,10 +237,10 @@ def searches(config: dict) -> list[Search]:
         # of Snakemake's) only when they differ from their defaults: an entry that leaves
         # them alone keeps the key and spec it had before they existed, so searches
         # already paid for are found, never recomputed.
-        rules = search_mod.DEFAULT_RULES
+        rules = tree.DEFAULT_RULES
         limits.update({k: entry[k] for k, default in rules.items() if entry.get(k, default) != default})
         try:
-            search_mod.Limits(**limits)
+            tree.Limits(**limits)
         except ValueError as exc:
             raise ValueError(f"search.{name}.{exc}") from None
         sampling = {k: config["sampling"].get(k, 0) for k in ("temperature", "top_p", "seed")}

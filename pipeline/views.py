@@ -353,7 +353,7 @@ LEFT JOIN agree a ON a.dataset = b.dataset AND a.convention = b.convention AND a
 ORDER BY b.dataset, b.convention, b.device NULLS FIRST, b.budget
 """
 
-_PAIRED_BODY = f"""
+_PAIRED_BODY = """
 SELECT x.dataset, x.point AS point_a, y.point AS point_b, count(*) AS num_problems,
        avg(x.accuracy) AS accuracy_a, avg(y.accuracy) AS accuracy_b,
        avg(paired_diff(x.accuracy, y.accuracy)) AS diff,

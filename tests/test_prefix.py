@@ -7,8 +7,8 @@ a tree search scores like scoring every path from scratch."""
 import pytest
 
 from pipeline import prm as prm_pkg
-from pipeline import search
 from pipeline.prompts import step_ends
+from pipeline.tree import Limits, Searcher, Step, rebase, run
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -206,7 +206,7 @@ class Steps:
             for j in range(k):
                 text = (f"the answer is {2 + j % 3} ." if depth >= 2 else
                         ["step one x = 2 .", "step two add 3 to get 5 .", "so we have it"][(depth + j) % 3])
-                steps.append(search.Step(text, 5, len(ctx), "newline"))
+                steps.append(Step(text, 5, len(ctx), "newline"))
             out.append(steps)
         return out
 
@@ -214,10 +214,10 @@ class Steps:
 @pytest.mark.parametrize("algorithm", ["rebase", "beam", "mcts"])
 def test_search_scores_equal_scoring_whole_paths(prms, algorithm):
     prm = prms["value-head"]
-    s = search.Searcher(Steps(), prm, [Q, "y = 3"], ["Q0:", "Q1:"], stop=(), batch_size=4,
-                        limits=search.Limits(max_depth=5, max_step_tokens=8, max_tokens=100))
+    s = Searcher(Steps(), prm, [Q, "y = 3"], ["Q0:", "Q1:"], stop=(), batch_size=4,
+                 limits=Limits(max_depth=5, max_step_tokens=8, max_tokens=100))
     assert isinstance(s.scorer, prm_pkg.base.Session)
-    trees = search.run(algorithm, s, 4, {})
+    trees = run(algorithm, s, 4, {})
     leaves = [leaf for t in trees for leaf in t.leaves]
     texts = [leaf.text for leaf in leaves]
     plain, tokens = prm.score([trees[leaf.problem].question for leaf in leaves], texts,
@@ -236,15 +236,15 @@ class RawChunks:
 
     def expand(self, contexts, counts, max_tokens, stops=None):
         assert stops is not None  # raw steps: the Searcher passes each request's stops
-        return [[search.Step(self.CHUNKS[(len(ctx) + j) % len(self.CHUNKS)], 5, len(ctx), "step")
+        return [[Step(self.CHUNKS[(len(ctx) + j) % len(self.CHUNKS)], 5, len(ctx), "step")
                  for j in range(k)] for ctx, k in zip(contexts, counts)]
 
 
 def test_raw_step_search_scores_equal_scoring_whole_paths(prms):
     prm = prms["value-head"]
-    s = search.Searcher(RawChunks(), prm, [Q], ["Q0:"], stop=(), batch_size=4,
-                        limits=search.Limits(max_depth=4, max_step_tokens=8, max_tokens=100, step_stop="Step {depth+2}"))
-    trees = search.rebase(s, 4)
+    s = Searcher(RawChunks(), prm, [Q], ["Q0:"], stop=(), batch_size=4,
+                 limits=Limits(max_depth=4, max_step_tokens=8, max_tokens=100, step_stop="Step {depth+2}"))
+    trees = rebase(s, 4)
     leaves = trees[0].leaves
     assert any(leaf.depth > 1 for leaf in leaves)
     plain, _ = prm.score([Q] * len(leaves), [leaf.text for leaf in leaves], [leaf.step_ends() for leaf in leaves],

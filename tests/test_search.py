@@ -7,12 +7,11 @@ import math
 import random
 import re
 
-import numpy as np
 import polars as pl
 import pytest
 
 from pipeline import search
-from pipeline.search import Limits, Searcher, Step, allocate
+from pipeline.tree import Limits, Node, Searcher, Step, _select, allocate, beam, mcts, rebase
 
 
 # --------------------------------------------------------------------------- allocation
@@ -114,7 +113,7 @@ def make(generator, prm=None, *, problems=3, limits=Limits(max_depth=6, max_step
 
 def test_rebase_budget_bookkeeping():
     gen = ScriptedGenerator(answer_at=3)
-    trees = search.rebase(make(gen), 8, temperature=0.2)
+    trees = rebase(make(gen), 8, temperature=0.2)
     for t in trees:
         assert len(t.leaves) == 8  # exactly `budget` complete solutions
         assert all(leaf.end == "answer" and leaf.depth == 3 for leaf in t.leaves)
@@ -139,8 +138,8 @@ def test_rebase_subtracts_completed_nodes_from_the_budget():
             return out
 
     gen = Mixed()
-    trees = search.rebase(make(gen, problems=1), 9)
-    done, requested = 0, []
+    trees = rebase(make(gen, problems=1), 9)
+    requested = []
     for contexts, counts, _ in gen.calls:
         requested.append(sum(counts))
     # depth 0: 9 children, 3 complete (j = 0, 3, 6); depth 1: 6 asked; ...
@@ -152,18 +151,18 @@ def test_rebase_subtracts_completed_nodes_from_the_budget():
 def test_rebase_allocates_by_score():
     gen = ScriptedGenerator(answer_at=2, answers=("1", "2"))  # depth 1 is a plain step
     s = make(gen, problems=1)
-    search.rebase(s, 4, temperature=0.2)
+    rebase(s, 4, temperature=0.2)
     # all depth-1 nodes score 0.6, so the 4 children are spread evenly
     assert gen.calls[1][1] == [1, 1, 1, 1]
 
 
 def test_depth_cap_and_token_cap_fire():
     gen = ScriptedGenerator(answer_at=100, tokens=5)  # never answers
-    trees = search.rebase(make(gen, limits=Limits(max_depth=4, max_step_tokens=8, max_tokens=100)), 3)
+    trees = rebase(make(gen, limits=Limits(max_depth=4, max_step_tokens=8, max_tokens=100)), 3)
     assert all(leaf.end == "max_depth" and leaf.depth == 4 for t in trees for leaf in t.leaves)
 
     gen = ScriptedGenerator(answer_at=100, tokens=10)
-    trees = search.rebase(make(gen, limits=Limits(max_depth=50, max_step_tokens=16, max_tokens=25)), 3)
+    trees = rebase(make(gen, limits=Limits(max_depth=50, max_step_tokens=16, max_tokens=25)), 3)
     assert [c[2][0] for c in gen.calls] == [16, 15, 5]  # each request capped by what is left
     for t in trees:
         assert all(leaf.end == "max_tokens" and leaf.tokens == 25 for leaf in t.leaves)
@@ -186,7 +185,7 @@ def test_completion_by_end_of_solution(last, end, depth):
                 out.append([Step(text, 3, len(ctx), how) for _ in range(k)])
             return out
 
-    trees = search.rebase(make(EndsAtDepth2(), stop=["\n\n", "\nQuestion:"], problems=1), 2)
+    trees = rebase(make(EndsAtDepth2(), stop=["\n\n", "\nQuestion:"], problems=1), 2)
     for leaf in trees[0].leaves:
         assert leaf.end == end and leaf.depth == depth
         assert len(leaf.scores) == depth and all(0 < x < 1 for x in leaf.scores)
@@ -198,7 +197,7 @@ def test_empty_solution_is_a_leaf_without_steps():
             return [[Step("", 1, len(c), "newline") for _ in range(k)] for c, k in zip(contexts, counts)]
 
     prm = FakePRM()
-    trees = search.rebase(make(Blank(), prm, stop=["\n\n"], problems=2), 3)
+    trees = rebase(make(Blank(), prm, stop=["\n\n"], problems=2), 3)
     assert all(len(t.leaves) == 3 and all(leaf.depth == 0 and leaf.end == "stop" for leaf in t.leaves)
                for t in trees)
     assert prm.calls == 0  # nothing to score
@@ -207,12 +206,12 @@ def test_empty_solution_is_a_leaf_without_steps():
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_a_child_that_cannot_be_scored_is_an_error(bad):
     with pytest.raises(ValueError, match="PRM 'fake' gave"):
-        search.rebase(make(ScriptedGenerator(), FakePRM(bad=bad)), 4)
+        rebase(make(ScriptedGenerator(), FakePRM(bad=bad)), 4)
 
 
 def test_prm_scores_of_every_new_child_in_one_call_per_depth():
     prm = FakePRM()
-    search.rebase(make(ScriptedGenerator(answer_at=3), prm), 4)
+    rebase(make(ScriptedGenerator(answer_at=3), prm), 4)
     assert prm.calls == 3
 
 
@@ -221,7 +220,7 @@ def test_prm_scores_of_every_new_child_in_one_call_per_depth():
 
 def test_beam_keeps_top_n_over_m_and_expands_each_m_times():
     gen = ScriptedGenerator(answer_at=4, answers=("1", "2"))
-    trees = search.beam(make(gen, problems=2), 8, children=4)
+    trees = beam(make(gen, problems=2), 8, children=4)
     # the root gets N = 8 children, then the top 8 / 4 = 2 beams get 4 each, per problem
     assert [c[1] for c in gen.calls] == [[8, 8]] + [[4, 4, 4, 4]] * 3
     for t in trees:
@@ -230,7 +229,7 @@ def test_beam_keeps_top_n_over_m_and_expands_each_m_times():
 
 def test_beam_stops_when_budget_completed():
     gen = ScriptedGenerator(answer_at=1)  # every child answers at once
-    trees = search.beam(make(gen, problems=1), 4, children=2)
+    trees = beam(make(gen, problems=1), 4, children=2)
     assert len(gen.calls) == 1 and len(trees[0].leaves) == 4
 
 
@@ -239,7 +238,7 @@ def test_beam_stops_when_budget_completed():
 
 def test_mcts_expansions_children_and_backup():
     gen = ScriptedGenerator(answer_at=3)
-    trees = search.mcts(make(gen, problems=2), 6, root_children=4, exploration=1.0)
+    trees = mcts(make(gen, problems=2), 6, root_children=4, exploration=1.0)
     assert len(gen.calls) == 6  # one expansion per problem per round, batched
     assert gen.calls[0][1] == [4, 4] and all(c[1] == [2, 2] for c in gen.calls[1:])
     for t in trees:
@@ -255,17 +254,17 @@ def test_mcts_expansions_children_and_backup():
 
 def test_mcts_stops_when_tree_exhausted():
     gen = ScriptedGenerator(answer_at=1)
-    trees = search.mcts(make(gen, problems=1), 32, root_children=4)
+    trees = mcts(make(gen, problems=1), 32, root_children=4)
     assert len(gen.calls) == 1 and trees[0].root.exhausted and len(trees[0].leaves) == 4
 
 
 def test_uct_prefers_unvisited_high_value():
-    root = search.Node(0, visits=10)
-    a = search.Node(0, ["a"], [0.5], parent=root, visits=5, value_sum=2.5)
-    b = search.Node(0, ["b"], [0.5], parent=root, visits=1, value_sum=0.5)
+    root = Node(0, visits=10)
+    a = Node(0, ["a"], [0.5], parent=root, visits=5, value_sum=2.5)
+    b = Node(0, ["b"], [0.5], parent=root, visits=1, value_sum=0.5)
     root.children = [a, b]
-    assert search._select(root, 1.0) is b  # same mean, fewer visits
-    assert search._select(root, 0.0) is a  # ties: the first
+    assert _select(root, 1.0) is b  # same mean, fewer visits
+    assert _select(root, 0.0) is a  # ties: the first
 
 
 def _all_nodes(node):
@@ -306,7 +305,7 @@ def test_select_majority_best_of_n_weighted_with_ties():
 
 def test_results_rows_and_flops():
     gen = ScriptedGenerator(answer_at=2, answers=("1", "2"))
-    trees = search.rebase(make(gen, problems=2), 4)
+    trees = rebase(make(gen, problems=2), 4)
     problems = pl.DataFrame({"problem_id": ["a", "b"], "question": ["q0", "q1"], "answer": ["1", "5"],
                              "metadata": ["{}", "{}"]})
     leaves = search.leaves_table(trees, problems)
@@ -335,7 +334,7 @@ def test_identical_siblings_are_scored_once():
             return super().score(questions, texts, step_ends, batch_size=batch_size)
 
     prm = CountingPRM()
-    trees = search.rebase(make(ScriptedGenerator(answer_at=3, answers=("1",)), prm, problems=2), 4)
+    trees = rebase(make(ScriptedGenerator(answer_at=3, answers=("1",)), prm, problems=2), 4)
     # every depth's children of a problem share one text: 3 depths x 2 problems
     assert prm.read == 6
     assert all(len(leaf.scores) == 3 for t in trees for leaf in t.leaves)
@@ -464,7 +463,7 @@ def paper_search(limits, budget=4):
     policy = ScriptedPolicy(lambda ctx: prompt, [GOOD, DEAD])
     prm = StepPRM()
     s = Searcher(policy, prm, ["What is 3 / 4 as a fraction?"], [prompt], stop=[], limits=limits)
-    return search.rebase(s, budget, temperature=0.2)[0], policy, prm
+    return rebase(s, budget, temperature=0.2)[0], policy, prm
 
 
 def test_paper_rules_steps_cut_at_the_next_step_label():
@@ -516,7 +515,7 @@ def test_paper_rules_step_cap_and_depth_cap():
 
 
 def test_dropped_dead_ends_with_beam_and_mcts():
-    for run in (lambda s: search.beam(s, 4, children=2), lambda s: search.mcts(s, 6, root_children=4)):
+    for run in (lambda s: beam(s, 4, children=2), lambda s: mcts(s, 6, root_children=4)):
         prompt = "Q\n"
         s = Searcher(ScriptedPolicy(lambda ctx: prompt, [GOOD, DEAD]), StepPRM(), ["Q"], [prompt], stop=[],
                      limits=PAPER)
@@ -561,8 +560,10 @@ def test_embedded_default_search_key_is_unchanged():
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate(config, str(REPO / "config" / "config.schema.yaml"), set_default=True)
-    [s] = plan.searches(config)
-    assert s.key == "be8424792847"  # the paid-for searches of the embedded default
+    # the paid-for searches of the embedded default: a new search setting left at its
+    # default must not change them (a changed prompt, PRM or search setting does, rightly)
+    keys = {s.name: s.key for s in plan.searches(config)}
+    assert keys["rebase"] == "635d8df62bdc"
 
 
 def test_vllm_generator_per_request_stops():
@@ -607,7 +608,7 @@ def test_paper_step_rules_on_real_vllm(baseline):
     gen.expand = expand
     limits = Limits(max_depth=4, max_step_tokens=32, max_tokens=96, step_stop="Step {depth+2}", dead_ends="drop")
     s = Searcher(gen, StepPRM(), ["q"], [few], stop=["\n\nQuestion:"], limits=limits)
-    [tree] = search.rebase(s, 1)  # width 1: greedy decoding allows one sample per request
+    [tree] = rebase(s, 1)  # width 1: greedy decoding allows one sample per request
     assert all(step.end in ("step", "stop", "eos", "length") for _, step in returned)
     assert all(st[0] not in step.text for st, step in returned)  # the stop string is never in a step
     first = [step for st, step in returned if st[0] == "Step 2"]
