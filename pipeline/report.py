@@ -318,12 +318,16 @@ def latency_section(points: pl.DataFrame, front: pl.DataFrame, *, convention: st
             pl.col("gain_ci").alias("gain 95% CI"), pl.col("beats_previous").alias("significant"))
         out += [f"### Pareto front (seconds on {device})", "", markdown_table(d), ""]
     unmeasured = c.filter(pl.col("seconds").is_null()).height
-    mixed = measured.filter(pl.col("device").is_null() | pl.col("device").str.starts_with(MIXED)).height
-    if unmeasured or mixed or len(single) > 1:
+    # the difficulty-adaptive policies are chosen in FLOPs: their seconds are their chosen
+    # points' (pipeline.point_grid), with no one device
+    adaptive = measured.filter(pl.col("device").is_null()).height
+    mixed = measured.filter(pl.col("device").str.starts_with(MIXED)).height
+    if unmeasured or mixed or adaptive or len(single) > 1:
         out += [f"Seconds measured on different devices are never compared: the `seconds` convention of "
                 f"`pareto` and `compute_optimal` has one front per device (column `device`). Left out of "
-                f"every seconds front: {unmeasured} headline point(s) without measured seconds and {mixed} "
-                f"whose seconds add up work done on several devices (device `mixed: ...`).", ""]
+                f"every seconds front: {unmeasured} headline point(s) without measured seconds, {mixed} "
+                f"whose seconds add up work done on several devices (device `mixed: ...`) and {adaptive} "
+                f"difficulty-adaptive point(s) (chosen in FLOPs; seconds from the points they choose).", ""]
     return out
 
 
