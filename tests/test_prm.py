@@ -5,6 +5,7 @@ against the plain path: tests/test_prefix.py."""
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -414,6 +415,21 @@ def test_value_head_learns_and_round_trips(dirs, tmp_path):
     (tmp_path / "other" / "config.json").write_text((tmp_path / "other" / "config.json").read_text() + " ")
     with pytest.raises(ValueError, match="identity"):
         prm_pkg.load("value-head", str(tmp_path / "head"), policy=other, device="cpu")
+
+
+def test_value_head_finds_its_policy_after_the_folder_moves(dirs, tmp_path):
+    import json
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(dirs["causal"], results / "models" / "policy")
+    head = train_head(results / "models" / "policy")
+    head.save(results / "prms" / "head")
+    meta = json.loads((results / "prms" / "head" / "value_head.json").read_text())
+    assert meta["policy"] == "../../models/policy"  # no absolute path in a results folder
+    moved = shutil.move(results, tmp_path / "elsewhere")
+    loaded = prm_pkg.load("value-head", str(Path(moved) / "prms" / "head"), device="cpu")
+    assert Path(loaded.policy) == (Path(moved) / "models" / "policy").resolve()
 
 
 def test_value_head_per_step_labels(dirs):

@@ -13,7 +13,7 @@ search, at most `epochs` iterations, `lr` its step size) on the mean binary cros
 plus `l2 / 2 * |w|^2` (the bias is not penalised), from w = 0 and b = logit(mean target).
 
 Saved as a directory: value_head.safetensors (weight, bias, mean, std, float32) and
-value_head.json (format, policy path, policy identity, prompt template, training stats).
+value_head.json (format, policy path (relative to the head when local), policy identity, prompt template, training stats).
 Loading checks the policy's identity (pipeline.prm.policy.policy_identity) unless
 check_policy=False; `policy=` points a head at a moved copy of its policy.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,9 @@ class ValueHead(PolicyPRM):
         )
         meta = {
             "format": self.format,
-            "policy": str(Path(self.policy).resolve()) if Path(self.policy).is_dir() else self.policy,
+            # a local policy relative to the head, so a copied results folder still finds it
+            "policy": (os.path.relpath(Path(self.policy).resolve(), path.resolve())
+                       if Path(self.policy).is_dir() else self.policy),
             "policy_revision": self.revision,
             "policy_identity": self.identity,
             "prompt_template": self.prompt_template,
@@ -110,7 +113,11 @@ class ValueHead(PolicyPRM):
             raise FileNotFoundError(f"{path}: not a value head directory (needs {META} and {WEIGHTS})")
         meta = json.loads((path / META).read_text())
         tensors = load_file(str(path / WEIGHTS))
-        policy = str(policy) if policy is not None else meta["policy"]
+        if policy is None:
+            policy = meta["policy"]
+            if not Path(policy).is_absolute() and (path / policy).is_dir():  # saved relative to the head
+                policy = str((path / policy).resolve())
+        policy = str(policy)
         revision = options.pop("revision", meta.get("policy_revision"))
         if check_policy:
             found = policy_identity(policy, revision)
