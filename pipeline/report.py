@@ -325,9 +325,10 @@ def latency_section(points: pl.DataFrame, front: pl.DataFrame, *, convention: st
     if unmeasured or mixed or adaptive or len(single) > 1:
         out += [f"Seconds measured on different devices are never compared: the `seconds` convention of "
                 f"`pareto` and `compute_optimal` has one front per device (column `device`). Left out of "
-                f"every seconds front: {unmeasured} headline point(s) without measured seconds, {mixed} "
-                f"whose seconds add up work done on several devices (device `mixed: ...`) and {adaptive} "
-                f"difficulty-adaptive point(s) (chosen in FLOPs; seconds from the points they choose).", ""]
+                f"every seconds front: {unmeasured} headline point(s) without measured seconds and {mixed} "
+                f"whose seconds add up work done on several devices (device `mixed: ...`)"
+                + (f"; also {adaptive} difficulty-adaptive point(s), chosen in FLOPs (their seconds are "
+                   f"those of the points they choose)" if adaptive else "") + ".", ""]
     return out
 
 
