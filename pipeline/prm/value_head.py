@@ -224,24 +224,13 @@ def train_value_head(
 
 def auc(scores: Sequence[float], labels: Sequence[bool | int | float]) -> float:
     """ROC AUC as the Mann-Whitney statistic: P(score of a positive > score of a
-    negative), ties counting half. Labels are truthy = positive. Raises ValueError when
-    either class is empty or a score is not finite."""
-    if len(scores) != len(labels):
-        raise ValueError(f"auc: {len(scores)} scores for {len(labels)} labels")
-    pairs = sorted((float(s), bool(label)) for s, label in zip(scores, labels))
-    if any(not math.isfinite(s) for s, _ in pairs):
-        raise ValueError("auc: scores must be finite")
-    n_pos = sum(1 for _, label in pairs if label)
-    n_neg = len(pairs) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"auc needs both classes (positives {n_pos}, negatives {n_neg})")
-    rank_sum = 0.0  # sum of average ranks (1-based) of the positives
-    i = 0
-    while i < len(pairs):
-        j = i
-        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
-            j += 1
-        avg_rank = (i + 1 + j) / 2.0
-        rank_sum += avg_rank * sum(1 for k in range(i, j) if pairs[k][1])
-        i = j
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    negative), ties counting half (pipeline.stats.auc). Labels are truthy = positive.
+    Raises ValueError when either class is empty or a score is not finite."""
+    from pipeline.stats import auc as mann_whitney
+
+    positive = [bool(label) for label in labels]
+    value = mann_whitney(scores, positive)
+    if value is None:
+        n_pos = sum(positive)
+        raise ValueError(f"auc needs both classes (positives {n_pos}, negatives {len(positive) - n_pos})")
+    return value
