@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from pipeline import grading, io, prompts, timing
+from pipeline.tree import cut_at_stop
 
 DEFAULTS = {"k": 4, "max_tokens": 96, "temperature": 0.7, "top_p": 0.95, "label": "hard"}
 # What the rollouts depend on besides the training cache (the rollout cache key); the
@@ -111,14 +112,6 @@ def rollout_requests(samples: pl.DataFrame, problems: pl.DataFrame, render) -> l
     return out
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """The continuation up to the first stop string, looking at it as it sits after the
-    prefix's newline (stop strings such as "\\n\\n" start with that newline)."""
-    framed = "\n" + text
-    cut = min((framed.find(s) for s in stop if s and s in framed), default=-1)
-    return framed[1:max(cut, 1)] if cut >= 0 else text
-
-
 def rollout_rows(prefixes: Sequence[Prefix], problems: pl.DataFrame, completer: Completer, *, k: int,
                  stop: Sequence[str]) -> pl.DataFrame:
     """ROLLOUTS rows: every prefix without an answer continued `k` times in ONE call."""
@@ -148,7 +141,7 @@ def rollout_rows(prefixes: Sequence[Prefix], problems: pl.DataFrame, completer: 
             if len(comps) != k:
                 raise RuntimeError(f"rollouts: {len(comps)} completions for problem {p.problem_id} "
                                    f"sample {p.sample_idx} step {p.step}, asked for {k}")
-            texts = [cut_at_stop(c.text, stop) for c in comps]
+            texts = [cut_at_stop(c.text, stop)[0] for c in comps]
             answers = []
             for t in texts:
                 found = grading.extract_answer(t)

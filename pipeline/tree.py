@@ -112,6 +112,16 @@ def allocate(scores: Sequence[float], budget: int, temperature: float) -> list[i
 # --------------------------------------------------------------------------- nodes
 
 
+def cut_at_stop(text: str, stop: Sequence[str], *, newline_ended: bool = False) -> tuple[str, bool]:
+    r"""`text` up to the first stop string, and whether one was found. The text is looked
+    at as it sits after the newline that ended the text before it (stop strings such as
+    "\n\n" or "\nQuestion:" start with that newline, so the engine never sees them whole),
+    followed by its own ending newline when `newline_ended`."""
+    framed = "\n" + text + ("\n" if newline_ended else "")
+    cut = min((framed.find(s) for s in stop if s and s in framed), default=-1)
+    return (framed[1:max(cut, 1)], True) if cut >= 0 else (text, False)
+
+
 @dataclass
 class Step:
     """One generated step: its text (without the newline or step stop string), policy
@@ -283,10 +293,8 @@ class Searcher:
             # The prompt's stop strings (e.g. "\n\n", "\nQuestion:") start with the newline
             # that ended the previous step, so vLLM never sees them whole: look for them in
             # the step as it sits after that newline.
-            framed = "\n" + text + ("\n" if step.end == "newline" else "")
-            cut = min((framed.find(s) for s in self.stop if s in framed), default=-1)
-            if cut >= 0:
-                text, ended = framed[1:max(cut, 1)], True
+            text, cut = cut_at_stop(text, self.stop, newline_ended=step.end == "newline")
+            ended = ended or cut
         else:
             # vLLM found the stop strings inside the step; one may also begin in the
             # text before it (a blank line split between two steps).
