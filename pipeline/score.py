@@ -8,7 +8,9 @@ PRM entries in config (`prms:`):
     train       value-head only: how the workflow fits the head on the policy's own
                 samples: {dataset: <a datasets-style entry, e.g. arith train split>,
                 n: samples per problem, l2: penalty, supervision: outcome | rollouts |
-                arith-check (the step labels, pipeline/labels.py), rollouts: {k, ...}}
+                arith-check (the step labels, pipeline/labels.py), rollouts: {k, ...},
+                layer: the policy's decoder block whose output the head reads (default:
+                the final hidden state)}
 
 Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row per sample):
     problem_id   str
@@ -157,6 +159,7 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
     """Fit a value head on graded samples of the training cache, with the entry's step
     labels (pipeline.labels); report held-out AUCs (pipeline.prm_quality)."""
     from pipeline import prm, prm_quality
+    from pipeline.prm.base import first_layers
 
     samples = pl.concat([pl.read_parquet(f) for f in shards])
     problem_rows = pl.read_parquet(problems)
@@ -182,8 +185,15 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
     watch = timing.Stopwatch()
     with watch.phase("load"):  # the policy, loaded once and handed to the fit
         policy = prm.load("logprob", policy_dir, **{k: options[k] for k in LOAD_OPTIONS if k in options})
+    layer = train_cfg.get("layer")
+    if layer is not None:  # the policy's depth is known only once it is loaded
+        try:
+            first_layers(policy.model, layer)
+        except ValueError as e:
+            raise ValueError(f"value head train.layer: {e}") from None
     with watch.phase("work"):
         head = prm.train_value_head(policy_dir, *args(fit), fit["correct"].to_list(), l2=train_cfg.get("l2", 1e-3),
+                                    layer=layer,
                                     labels_per_step=fit["target"].to_list() if targets is not None else None,
                                     **options, _loaded=(policy.model, policy.tokenizer))
         scores, heldout_tokens = head.score(*args(test))

@@ -31,6 +31,7 @@ TINY["prms"]["value-head"]["train"] = {
     # step labels from real Math-Shepherd rollouts (one short completion per step prefix),
     # so the rollouts rule runs once per session (pipeline/rollouts.py)
     "supervision": "rollouts", "rollouts": {"k": 1, "max_tokens": 24},
+    "layer": 15,  # a middle block of the embedded policy's 30, as the default
 }
 # Every tree-search algorithm once, guided by the value head (one job per budget).
 TINY["search"] = {

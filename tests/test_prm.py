@@ -443,6 +443,58 @@ def test_value_head_per_step_labels(dirs):
         prm_pkg.train_value_head(dirs["causal"], q, t, e, None, labels_per_step=[[1.0]] + per_step[1:], device="cpu")
 
 
+def test_first_layers_is_the_full_models_hidden_state():
+    from pipeline.prm.base import count_parameters, first_layers
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=1)).eval()
+    ids = torch.randint(3, 64, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # right padding, as the PRMs batch
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        for k in (1, 2):
+            cut = first_layers(model, k)
+            out = cut.base_model(input_ids=ids, attention_mask=mask)
+            assert torch.equal(out.last_hidden_state, full[k])  # unnormed, as transformers reports it
+            assert len(out.past_key_values.layers) == k  # the cache holds only the layers that ran
+            assert count_parameters(cut) < count_parameters(model)
+        assert first_layers(model, 3) is model
+    assert len(model.model.layers) == 3 and not isinstance(model.model.norm, torch.nn.Identity)  # untouched
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=f"layer {bad}: the policy has 3 decoder layers"):
+            first_layers(model, bad)
+
+
+def test_value_head_reads_a_middle_layer(dirs, tmp_path):
+    q, t, e, y = keyword_data(40, seed=4)
+    head = prm_pkg.train_value_head(dirs["causal"], q, t, e, y, epochs=20, device="cpu", batch_size=8, layer=1)
+    whole = prm_pkg.train_value_head(dirs["causal"], q, t, e, y, epochs=20, device="cpu", batch_size=8)
+    assert head.layer == head.training["layer"] == 1 and whole.layer is None
+    assert head.num_parameters < whole.num_parameters  # FLOPs count only the blocks that run
+    # the score is the logistic head on the policy's hidden_states[1] at the step tokens
+    _, out = direct(prm_pkg.load("logprob", dirs["causal"], device="cpu").model, "Question: " + Q + "\nAnswer:\n" + TEXT)
+    tok = make_tokenizer()
+    enc = tok("Question: " + Q + "\nAnswer:\n" + TEXT, return_offsets_mapping=True)
+    prefix = len("Question: " + Q + "\nAnswer:\n")
+    dots = [i for i, (_, end) in enumerate(enc["offset_mapping"]) if end in {prefix + x for x in ENDS}]
+    scores, _ = head.score([Q], [TEXT], [ENDS])
+    assert scores[0] == pytest.approx(head.head(out.hidden_states[1][0][dots]).tolist(), abs=1e-5)
+    assert scores[0] != pytest.approx(head.head(out.hidden_states[-1][0][dots]).tolist(), abs=1e-3)
+    # prefix reuse and the plain path agree; the layer survives a save and load
+    plain, _ = head.score(q, t, e, batch_size=8, reuse_prefix=False)
+    reused, _ = head.score(q, t, e, batch_size=8)
+    assert [v for r in reused for v in r] == pytest.approx([v for r in plain for v in r], abs=1e-5)
+    head.save(tmp_path / "head")
+    loaded = prm_pkg.load("value-head", str(tmp_path / "head"), device="cpu")
+    assert loaded.layer == 1 and loaded.num_parameters == head.num_parameters
+    assert loaded.score(q, t, e, batch_size=8)[0] == reused
+    with pytest.raises(ValueError, match="layer 3: the policy has 2 decoder layers"):
+        prm_pkg.train_value_head(dirs["causal"], q, t, e, y, epochs=1, device="cpu", layer=3)
+
+
 def test_auc():
     assert prm_pkg.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert prm_pkg.auc([0.5, 0.5, 0.5], [0, 1, 1]) == pytest.approx(0.5)

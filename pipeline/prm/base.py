@@ -174,6 +174,43 @@ def split_body(model: Any, head: Callable[[Any], Any] | None = None) -> tuple[An
     return body, head or _identity
 
 
+def first_layers(model: Any, layers: int) -> Any:
+    """A causal LM that runs only the first `layers` decoder blocks of `model` and returns
+    their output unnormed: its `base_model(...).last_hidden_state` is the full model's
+    `hidden_states[layers]`. Shares every weight with `model` (which stays whole); `layers`
+    equal to the model's depth returns `model` itself. Costs layers/depth of a pass.
+
+    Needs a body (`model.base_model`) with a `layers` list and a final `norm` (Llama,
+    Mistral, Qwen2 and most decoders in transformers)."""
+    import copy
+
+    import torch
+
+    body = getattr(model, "base_model", model)
+    blocks = getattr(body, "layers", None)
+    if body is model or blocks is None or not hasattr(body, "norm"):
+        raise ValueError(f"layer {layers}: {type(model).__name__} has no decoder layers to cut")
+    depth = len(blocks)
+    if not 1 <= int(layers) <= depth:
+        raise ValueError(f"layer {layers}: the policy has {depth} decoder layers (1..{depth})")
+    if int(layers) == depth:
+        return model
+    config = copy.deepcopy(body.config)
+    config.num_hidden_layers = int(layers)  # the body loops over this many; caches size by it
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[:int(layers)]
+    cut = copy.copy(body)
+    cut._modules = dict(body._modules)  # its own module table: the original keeps all layers
+    cut.layers = torch.nn.ModuleList(list(blocks)[:int(layers)])
+    cut.norm = torch.nn.Identity()
+    cut.config = config
+    outer = copy.copy(model)
+    outer._modules = {name: cut if module is body else module for name, module in model._modules.items()}
+    if getattr(outer, "base_model", None) is not cut:
+        raise ValueError(f"layer {layers}: cannot find the body of {type(model).__name__} among its modules")
+    return outer
+
+
 def kv_bytes_per_token(body: Any) -> int:
     """Bytes of KV cache per token of a decoder (layers x keys and values x KV heads x
     head size x element size), from its config; an estimate for budgets."""

@@ -1,7 +1,11 @@
-"""value-head: logistic regression on the policy's own last hidden state at each step end.
+"""value-head: logistic regression on the policy's own hidden state at each step end.
 
-score = sigmoid(w . (h - mean) / std + b), h the policy's final (normed) hidden state at
-the token that ends the step, read from one forward pass over
+score = sigmoid(w . (h - mean) / std + b), h the policy's hidden state at the token that
+ends the step: by default the final (normed) one; with `layer` = k the output of the
+first k decoder blocks (transformers' `hidden_states[k]`), computed by running only those
+blocks (pipeline.prm.base.first_layers, k/depth of a pass; the FLOPs count only them).
+Middle layers of a small policy tell right steps from wrong ones better than its last
+(README, "The value head"). h is read from one forward pass over
 `prompt_template.format(question) + solution` (default "Question: {q}\\nAnswer:\\n{solution}",
 a short context: see pipeline/prm/policy.py for why).
 
@@ -13,7 +17,8 @@ search, at most `epochs` iterations, `lr` its step size) on the mean binary cros
 plus `l2 / 2 * |w|^2` (the bias is not penalised), from w = 0 and b = logit(mean target).
 
 Saved as a directory: value_head.safetensors (weight, bias, mean, std, float32) and
-value_head.json (format, policy path (relative to the head when local), policy identity, prompt template, training stats).
+value_head.json (format, policy path (relative to the head when local), policy identity, prompt template, layer
+(null: the final hidden state), training stats).
 Loading checks the policy's identity (pipeline.prm.policy.policy_identity) unless
 check_policy=False; `policy=` points a head at a moved copy of its policy.
 """
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.prm.base import count_parameters, first_layers
 from pipeline.prm.policy import PolicyPRM, policy_identity
 
 WEIGHTS = "value_head.safetensors"
@@ -48,12 +54,17 @@ class ValueHead(PolicyPRM):
         name: str | None = None,
         identity: str | None = None,
         training: dict[str, Any] | None = None,
+        layer: int | None = None,
         **options: Any,
     ) -> None:
         import torch
 
         self.name = name or f"value-head:{policy}"
         super().__init__(policy, prompt_template=prompt_template, **options)
+        self.layer = None if layer is None else int(layer)
+        if self.layer is not None:
+            self.model = first_layers(self.model, self.layer)
+            self.num_parameters = count_parameters(self.model)
         self.identity = identity or policy_identity(policy, self.revision)
         self.weight = torch.as_tensor(weight, dtype=torch.float32).reshape(-1).cpu().clone()
         self.bias = torch.as_tensor(bias, dtype=torch.float32).reshape(()).cpu().clone()
@@ -97,6 +108,7 @@ class ValueHead(PolicyPRM):
             "policy_revision": self.revision,
             "policy_identity": self.identity,
             "prompt_template": self.prompt_template,
+            "layer": self.layer,
             "hidden_size": int(self.weight.numel()),
             "training": self.training,
         }
@@ -128,7 +140,7 @@ class ValueHead(PolicyPRM):
                 )
         return cls(policy, tensors["weight"], tensors["bias"][0], tensors["mean"], tensors["std"],
                    prompt_template=meta["prompt_template"], name=str(path), identity=meta["policy_identity"],
-                   training=meta.get("training"), revision=revision, **options)
+                   training=meta.get("training"), revision=revision, layer=meta.get("layer"), **options)
 
     @classmethod
     def open(cls, model, **options):
@@ -151,12 +163,14 @@ def train_value_head(
     seed: int = 0,
     labels_per_step: Sequence[Sequence[float]] | None = None,
     batch_size: int = 8,
+    layer: int | None = None,
     **options: Any,
 ) -> ValueHead:
     """Fit a value head on the policy's step hidden states (see the module docstring).
 
     `labels`: per-sample final correctness (every step gets it); ignored, and may be None,
-    when `labels_per_step` gives one target per step. `options`: device, dtype,
+    when `labels_per_step` gives one target per step. `layer`: read the output of the
+    policy's first `layer` decoder blocks (None: the final hidden state). `options`: device, dtype,
     tokenizer, revision, trust_remote_code (as for loading the policy).
     """
     import torch
@@ -165,6 +179,8 @@ def train_value_head(
     encoder.format = "value-head"
     encoder.name = f"value-head:{policy_dir}"
     PolicyPRM.__init__(encoder, policy_dir, prompt_template=prompt_template, **options)
+    if layer is not None:
+        encoder.model = first_layers(encoder.model, layer)
 
     n = len(texts)
     if labels_per_step is not None:
@@ -215,10 +231,10 @@ def train_value_head(
         "samples": n, "steps": len(flat), "tokens": int(sum(tokens)), "loss": final,
         "train_auc": auc(train_scores, hard) if 0 < sum(hard) < len(hard) else None,
         "supervision": "per-step" if labels_per_step is not None else "outcome",
-        "epochs": int(epochs), "lr": lr, "l2": l2, "seed": seed,
+        "epochs": int(epochs), "lr": lr, "l2": l2, "seed": seed, "layer": layer,
     }
     return ValueHead(policy_dir, w.detach().float(), b.detach().float(), mean.float(), std.float(),
-                     prompt_template=encoder.prompt_template, revision=encoder.revision, training=training,
+                     prompt_template=encoder.prompt_template, revision=encoder.revision, training=training, layer=layer,
                      _loaded=(encoder.model, encoder.tokenizer))
 
 
