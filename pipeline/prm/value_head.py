@@ -5,7 +5,7 @@ ends the step: by default the final (normed) one; with `layer` = k the output of
 first k decoder blocks (transformers' `hidden_states[k]`), computed by running only those
 blocks (pipeline.prm.base.first_layers, k/depth of a pass; the FLOPs count only them).
 Middle layers of a small policy tell right steps from wrong ones better than its last
-(README, "The value head"). h is read from one forward pass over
+(README, "Why this default"). h is read from one forward pass over
 `prompt_template.format(question) + solution` (default "Question: {q}\\nAnswer:\\n{solution}",
 a short context: see pipeline/prm/policy.py for why).
 
