@@ -109,8 +109,9 @@ class PolicyPRM(HFPRM):
         return split_body(self.model)
 
     def step_hidden(self, questions, texts, step_ends, *, batch_size: int = 8):
-        """Per sample, the policy's last hidden state at every step token ([steps, hidden],
-        float32, CPU), and the tokens read per sample (computed as `score` computes)."""
+        """Per sample, the hidden state the model returns at every step token ([steps, hidden],
+        float32, CPU): the policy's last, or block k's once a value head with `layer` cut
+        the model; and the tokens read per sample (computed as `score` computes)."""
         items = self.encode_all(questions, texts, step_ends, batch_size)
         feats = self.run(items, batch_size, lambda out, r, item: out[r, item.positions].float().cpu())
         return feats, [len(item.input_ids) for item in items]
