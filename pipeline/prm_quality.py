@@ -30,7 +30,7 @@ section of results/summary.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -64,24 +64,24 @@ QUALITY = {
 }
 
 
+def group_resamples(groups: Sequence, draws: int, seed: int) -> Iterator[np.ndarray]:
+    """`draws` bootstrap resamples of whole groups (problems, with replacement), each as
+    the row indices of the groups drawn; seeded, so every caller sees the same draws."""
+    names, codes = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(codes == i) for i in range(len(names))]
+    rng = np.random.default_rng(seed)
+    for _ in range(draws):
+        yield np.concatenate([members[i] for i in rng.integers(0, len(names), len(names))])
+
+
 def bootstrap_se(scores: Sequence[float], labels: Sequence, groups: Sequence, *, draws: int = BOOTSTRAP,
                  seed: int = 0) -> float | None:
     """Standard error of `auc` by resampling whole groups (problems) with replacement."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    g = np.asarray(groups)
-    names, codes = np.unique(g, return_inverse=True)
-    if len(names) < 2 or auc(s, y) is None:
+    if len(np.unique(np.asarray(groups))) < 2 or auc(s, y) is None:
         return None
-    members = [np.flatnonzero(codes == i) for i in range(len(names))]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(draws):
-        pick = rng.integers(0, len(names), len(names))
-        idx = np.concatenate([members[i] for i in pick])
-        a = auc(s[idx], y[idx])
-        if a is not None:
-            values.append(a)
+    values = [a for idx in group_resamples(groups, draws, seed) if (a := auc(s[idx], y[idx])) is not None]
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
@@ -94,12 +94,8 @@ def auc_difference(a: Sequence[float], b: Sequence[float], labels: Sequence, gro
     base_a, base_b = auc(sa, y), auc(sb, y)
     if base_a is None or base_b is None:
         return None
-    names, codes = np.unique(np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(codes == i) for i in range(len(names))]
-    rng = np.random.default_rng(seed)
     diffs = []
-    for _ in range(draws):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(names), len(names))])
+    for idx in group_resamples(groups, draws, seed):
         da, db = auc(sa[idx], y[idx]), auc(sb[idx], y[idx])
         if da is not None and db is not None:
             diffs.append(da - db)
