@@ -193,15 +193,16 @@ def first_layers(model: Any, layers: int) -> Any:
     depth = len(blocks)
     if not 1 <= int(layers) <= depth:
         raise ValueError(f"layer {layers}: the policy has {depth} decoder layers (1..{depth})")
-    if int(layers) == depth:
+    k = int(layers)
+    if k == depth:
         return model
     config = copy.deepcopy(body.config)
-    config.num_hidden_layers = int(layers)  # the body loops over this many; caches size by it
+    config.num_hidden_layers = k  # the body loops over this many; caches size by it
     if getattr(config, "layer_types", None):
-        config.layer_types = list(config.layer_types)[:int(layers)]
+        config.layer_types = list(config.layer_types)[:k]
     cut = copy.copy(body)
     cut._modules = dict(body._modules)  # its own module table: the original keeps all layers
-    cut.layers = torch.nn.ModuleList(list(blocks)[:int(layers)])
+    cut.layers = torch.nn.ModuleList(list(blocks)[:k])
     cut.norm = torch.nn.Identity()
     cut.config = config
     outer = copy.copy(model)
