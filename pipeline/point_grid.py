@@ -18,9 +18,10 @@ the policy (per-sample cost = the problem's majority cost at n, divided by n: re
 costs are linear in n) plus its PRM scoring; the probe's PRM scores are charged once
 (nothing in the paper convention) and a point using the probe's PRM does not pay for
 them again. Measured seconds (pipeline.latency) are carried the same way, so an adaptive
-policy chosen in FLOPs also has its measured seconds per problem (NaN where a point has none). Any other point (greedy decoding; tree search, "<search>_<rule>" with n =
-its budget) is a run of its own: probe + its replay cost. (A fixed strategy pays no
-probe: its cost is the grid's.)
+policy chosen in FLOPs also has its measured seconds per problem (NaN where a point has
+none). Any other point (greedy decoding; tree search, "<search>_<rule>" with n = its
+budget) is a run of its own: probe + its replay cost. (A fixed strategy pays no probe:
+its cost is the grid's.)
 """
 
 from __future__ import annotations
