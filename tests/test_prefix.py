@@ -9,6 +9,7 @@ import pytest
 from pipeline import prm as prm_pkg
 from pipeline.prompts import step_ends
 from pipeline.tree import Limits, Searcher, Step, rebase, run
+from toy_tokenizer import word_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -16,9 +17,6 @@ pytest.importorskip("tokenizers")
 
 WORDS = ("# Question Solution question answer step one two three the is x y z = 2 3 4 5 . "
          "good bad add to get then so we have it Step The answer 1").split()
-SPECIALS = ("ки", "<extra_0>", "<|im_start|>", "<|im_end|>")
-CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 FORMATS = ["math-shepherd", "qwen-prm", "llemma-prm", "value-head", "logprob"]
 KIND = {"math-shepherd": "causal", "qwen-prm": "cls", "llemma-prm": "causal", "value-head": "causal", "logprob": "causal"}
 
@@ -28,23 +26,7 @@ TEXT = "\n".join(STEPS)
 
 
 def make_tokenizer():
-    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-
-    vocab = {"[UNK]": 0, "[PAD]": 1, "<s>": 2, "+": 3, "-": 4, "\n": 5, ".\n": 6}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    # ".\n" is ONE token: a text ending in "." and its continuation ".\n..." share no last token
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(" ", behavior="removed"),
-        pre_tokenizers.Split(Regex(r"\.\n|\n|[.=+#\-]"), behavior="isolated"),
-    ])
-    tk.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
-    tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>")
-    tok.chat_template = CHAT
-    return tok
+    return word_tokenizer(WORDS, merge_dot_newline=True)
 
 
 def make_dir(path, kind, dtype=None):

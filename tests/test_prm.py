@@ -12,6 +12,7 @@ import pytest
 from pipeline import prm as prm_pkg
 from pipeline.prm import positions as P
 from pipeline.prompts import step_ends as split_step_ends
+from toy_tokenizer import SPECIALS, word_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -19,9 +20,6 @@ tokenizers = pytest.importorskip("tokenizers")
 
 WORDS = ("# Question Solution question answer step one two three the is x y z = 2 3 4 5 . "
          "good bad add to get then so we have it").split()
-SPECIALS = ("ки", "<extra_0>", "<|im_start|>", "<|im_end|>")
-CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 Q = "x = 2 add 3"
 TEXT = "step one x = 2 .\nstep two add 3 to get 5 .\nthe answer is 5 ."
@@ -31,23 +29,7 @@ ALL = ["math-shepherd", "qwen-prm", "llemma-prm", "value-head", "logprob"]
 
 # ---------------------------------------------------------------- tiny models
 def make_tokenizer(specials=SPECIALS):
-    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-
-    vocab = {"[UNK]": 0, "[PAD]": 1, "<s>": 2, "+": 3, "-": 4, "\n": 5}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    # words, punctuation and newlines are tokens; spaces are dropped
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(" ", behavior="removed"),
-        pre_tokenizers.Split(Regex(r"\n|[.=+#\-]"), behavior="isolated"),
-    ])
-    tk.add_special_tokens([AddedToken(s, special=True) for s in specials])
-    tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>")
-    tok.chat_template = CHAT
-    return tok
+    return word_tokenizer(WORDS, specials=specials)
 
 
 def config(**kw):
