@@ -5,7 +5,13 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A config given on the command line (--configfile) is the whole experiment: the
+# embedded default is read only when none is given, never merged under one (README,
+# "Configuration"). To extend the default on purpose, name it first:
+# --configfile config/config.yaml my-additions.yaml (later files win key by key).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"

@@ -3,6 +3,11 @@ import json
 
 from snakemake.utils import validate
 
+from pipeline.overrides import apply_overrides
+
+# `--config` values arrive as strings below the top level; type them before the schema
+# reads them (e.g. --config 'sampling={n: 32}').
+apply_overrides(config, dict(workflow.config_settings.config))
 validate(config, schema="../config/config.schema.yaml", set_default=True)
 
 from pipeline import allocation, models, plan
