@@ -5,14 +5,14 @@
 
 Needs the model directory (a finished `prepare` of the embedded default). Prints the
 seconds spent importing vLLM, importing its `LLM` entry point (lazy in vLLM 0.32),
-building the engine (`pipeline.generate.make_engine`) and, inside that, loading the
+building the engine (`pipeline.engine.vllm_engine.make_engine`) and, inside that, loading the
 weights, the garbage collector's full collections (vLLM runs five while it starts),
 allocating the KV cache (`kv_cache_memory_bytes`, zero-filled by vLLM) and any
 warm-up/profiling forward pass; the rest is configuration and tokenizer setup. Then
 one seeded 32-token generation, whose text it prints (an engine start that changes
 nothing computed prints the same text).
 
-`--no-freeze` skips `generate._freeze_heap` (the start before it). One engine per
+`--no-freeze` skips `vllm_engine._freeze_heap` (the start before it). One engine per
 process: compare by running both, alternating, e.g.
 
     for i in 1 2 3; do for f in "" --no-freeze; do python benchmarks/engine_load.py $f; done; done
@@ -38,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="results/models/smollm2-135m/hf")
     ap.add_argument("--engine-args", default='{"enforce_eager": true}', help="JSON, as a model's engine_args")
-    ap.add_argument("--no-freeze", action="store_true", help="skip generate._freeze_heap (the start before it)")
+    ap.add_argument("--no-freeze", action="store_true", help="skip vllm_engine._freeze_heap (the start before it)")
     a = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -48,13 +48,13 @@ def main() -> None:
     from vllm import LLM  # noqa: F401
 
     t2 = time.perf_counter()
-    from pipeline import generate
+    from pipeline.engine import vllm_engine
 
     if a.no_freeze:
-        generate._freeze_heap = lambda: None
+        vllm_engine._freeze_heap = lambda: None
     profile = cProfile.Profile()
     profile.enable()
-    llm = generate.make_engine(a.model, seed=0, engine_args=json.loads(a.engine_args))
+    llm = vllm_engine.make_engine(a.model, seed=0, engine_args=json.loads(a.engine_args))
     profile.disable()
     t3 = time.perf_counter()
 

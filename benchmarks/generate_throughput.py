@@ -25,7 +25,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
 
-    from pipeline import datasets, generate, models, plan, prompts
+    from pipeline import generate
+    from pipeline.core import prompts
+    from pipeline.engine import models, vllm_engine
+    from pipeline.tasks import datasets
+    from pipeline.workflow import plan
 
     config = yaml.safe_load(Path(a.config).read_text())
     dataset, dcfg = next(iter(config["datasets"].items()))
@@ -34,8 +38,8 @@ def main() -> None:
     problems = datasets.load_problems(dataset, {**dcfg, "limit": a.problems})
     model_dir = models.model_dir_of(f"results/models/{model}/info.json")
 
-    llm = generate.make_engine(model_dir, seed=0, engine_args=cache.engine_args)
-    params = generate.sampling_params(cache.sampling, n=a.n, stop=cache.prompt.get("stop", []))
+    llm = vllm_engine.make_engine(model_dir, seed=0, engine_args=cache.engine_args)
+    params = vllm_engine.sampling_params(cache.sampling, n=a.n, stop=cache.prompt.get("stop", []))
     texts = [prompts.render(cache.prompt, q) for q in problems["question"]]
     llm.generate(texts[:4], params)  # warm-up
 

@@ -13,10 +13,10 @@ same problems and with the same engine and PRM:
                      `search` entry for the PRM if any, else the stage's defaults)
 Rounds alternate the order and reset the prefix cache before each run. Prints per
 method seconds per problem, generated tokens per second and FLOPs per second in both
-conventions of pipeline.flops (paper: 2 x params x generated tokens; full: + prompt
+conventions of pipeline.core.flops (paper: 2 x params x generated tokens; full: + prompt
 tokens per sample and the PRM's 2 x params x tokens read), then the ratios that say
 how much more wall-clock time a tree search FLOP costs than a sampling FLOP. Runs
-unchanged on a GPU (pipeline.generate.make_engine and the PRM pick the device).
+unchanged on a GPU (pipeline.engine.vllm_engine.make_engine and the PRM pick the device).
 """
 
 from __future__ import annotations
@@ -39,7 +39,13 @@ def main() -> None:
     ap.add_argument("--prm", default=None, help="a key of the config's prms (default: the first)")
     a = ap.parse_args()
 
-    from pipeline import datasets, generate, plan, prompts, score, search, timing, tree
+    from pipeline import generate, score, search
+    from pipeline.core import prompts, timing
+    from pipeline.engine import vllm_engine
+    from pipeline.prm import loading
+    from pipeline.tasks import datasets
+    from pipeline.treesearch import tree
+    from pipeline.workflow import plan
 
     config = yaml.safe_load(Path(a.config).read_text())
     workdir = Path(a.workdir).resolve()
@@ -62,9 +68,9 @@ def main() -> None:
     watch = timing.Stopwatch()
     with watch.phase("load"):
         head = str(workdir / "results" / "prms" / model / prm_name) if spec["format"] == "value-head" else None
-        prm = score.open_prm(spec, policy_dir=model_dir, head_dir=head)
-        engine_args = search.engine_args(cache.engine_args)
-        llm = generate.make_engine(model_dir, seed=0, engine_args=engine_args)
+        prm = loading.open_prm(spec, policy_dir=model_dir, head_dir=head)
+        engine_args = vllm_engine.engine_args(cache.engine_args)
+        llm = vllm_engine.make_engine(model_dir, seed=0, engine_args=engine_args)
     device = timing.job_device(timing.describe_device(gpus=timing.engine_gpus(engine_args)),
                                timing.describe_device(getattr(prm, "device", "cpu")))
     print(f"device: {device}; {timing.engine_versions()}")
@@ -74,7 +80,7 @@ def main() -> None:
     texts = [prompts.render(cache.prompt, q) for q in problems["question"]]
     questions = problems["question"].to_list()
     sampling = dict(cache.sampling)
-    llm.generate(texts[:4], generate.sampling_params(sampling, n=2, stop=stop))  # warm-up
+    llm.generate(texts[:4], vllm_engine.sampling_params(sampling, n=2, stop=stop))  # warm-up
 
     # per method: seconds, generated tokens, prompt tokens (per sample), PRM tokens
     totals = {m: [0.0, 0, 0, 0] for m in ("sampling", "sampling + PRM", "rebase")}
@@ -114,7 +120,7 @@ def main() -> None:
             llm.reset_prefix_cache()
             fn(r)
 
-    from pipeline import flops
+    from pipeline.core import flops
 
     prm_params = prm.num_parameters
     rows = {}

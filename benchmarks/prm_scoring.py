@@ -58,7 +58,9 @@ def main() -> None:
     import polars as pl
     import torch
 
-    from pipeline import models, plan, score
+    from pipeline.engine import models
+    from pipeline.prm import loading
+    from pipeline.workflow import plan
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -81,7 +83,7 @@ def main() -> None:
     if a.dtype:
         spec = {**spec, "options": {**spec.get("options", {}), "dtype": a.dtype}}
     head = f"results/prms/{model}/{prm_name}" if spec["format"] == "value-head" else None
-    prm = score.open_prm(spec, policy_dir=models.model_dir_of(f"results/models/{model}/info.json"), head_dir=head)
+    prm = loading.open_prm(spec, policy_dir=models.model_dir_of(f"results/models/{model}/info.json"), head_dir=head)
     args = ([questions[p] for p in samples["problem_id"]], samples["text"].to_list(),
             [list(e) for e in samples["step_ends"]])
     dtype = next(prm.model.parameters()).dtype
@@ -147,7 +149,7 @@ def main() -> None:
     if a.reference_dtype:
         del prm
         ref_spec = {**spec, "options": {**spec.get("options", {}), "dtype": a.reference_dtype}}
-        ref = score.open_prm(ref_spec, policy_dir=models.model_dir_of(f"results/models/{model}/info.json"), head_dir=head)
+        ref = loading.open_prm(ref_spec, policy_dir=models.model_dir_of(f"results/models/{model}/info.json"), head_dir=head)
         exact = ref.score(*(x[:k] for x in args), batch_size=1, reuse_prefix=False)[0]
         print(f"max abs score difference from {a.reference_dtype} alone (first {k} samples): plain "
               f"{max_diff(got['plain'][:k], exact):.2e}, prefix reuse {max_diff(got['reuse'][:k], exact):.2e}, "

@@ -9,7 +9,7 @@ the config (default config/config.yaml of this checkout) names them. For every v
 (overrides of `prms.<prm>.train`) the script fits a head exactly as the
 train_value_head job does (pipeline.score.train), scores the evaluation samples as the
 score job does, and reports, side by side: held-out last-step and step AUCs (from
-value_head.json), the AUCs on the evaluation samples (pipeline.prm_quality: last step vs
+value_head.json), the AUCs on the evaluation samples (pipeline.analysis.prm_quality: last step vs
 correct, within problem, steps vs arith-check labels), the policy's mean log-prob
 baseline, training and scoring seconds. `--make-rollouts` first runs the rollouts job
 (pipeline.rollouts, one vLLM engine) for the config's rollout settings and times it.
@@ -34,7 +34,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import arith_check, labels, models, plan, prm_quality, rollouts as rollout_stage, score, timing  # noqa: E402
+from pipeline import rollouts as rollout_stage
+from pipeline import score
+from pipeline.analysis import prm_quality
+from pipeline.core import timing
+from pipeline.engine import models
+from pipeline.prm import labels, loading
+from pipeline.tasks import arith_check  # noqa: E402
+from pipeline.workflow import plan
 
 DEFAULT_VARIANTS = {
     "outcome": {"supervision": "outcome"},
@@ -144,7 +151,7 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         heldout = json.loads((head_dir / "value_head.json").read_text())["training"]
         t0 = time.perf_counter()
-        scorer = score.open_prm(vspec, policy_dir=policy_dir, head_dir=str(head_dir))
+        scorer = loading.open_prm(vspec, policy_dir=policy_dir, head_dir=str(head_dir))
         scored = score.score_samples(scorer, name, samples_eval, problems_eval, batch_size=spec.get("batch_size", 32))
         score_s = time.perf_counter() - t0
         scored.write_parquet(out / "heads" / f"{name}.scores.parquet")

@@ -26,9 +26,10 @@ import time
 import numpy as np
 import polars as pl
 
-from pipeline import schemas
-from pipeline.replay import _majority_win_prob, budgets, replay
-from pipeline.replay_prm import AGGREGATIONS, aggregate_steps, replay_prm
+from pipeline.core import schemas
+from pipeline.strategies.selection import AGGREGATIONS, aggregate_steps, replay_prm
+from pipeline.strategies.shared import budgets
+from pipeline.strategies.voting import _majority_win_prob, replay
 
 PARAMS, PRM_PARAMS = 7_000_000_000, 7_000_000_000
 

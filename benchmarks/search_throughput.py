@@ -83,7 +83,13 @@ def main() -> None:
 
     import torch
 
-    from pipeline import datasets, generate, models, plan, prompts, score, search, tree
+    from pipeline import generate, search
+    from pipeline.core import prompts
+    from pipeline.engine import models, vllm_engine
+    from pipeline.prm import loading
+    from pipeline.tasks import datasets
+    from pipeline.treesearch import tree
+    from pipeline.workflow import plan
 
     config = yaml.safe_load(Path(a.config).read_text())
     dataset, dcfg = next(iter(config["datasets"].items()))
@@ -96,18 +102,18 @@ def main() -> None:
     if a.dtype:
         spec = {**spec, "options": {**spec.get("options", {}), "dtype": a.dtype}}
     head = f"results/prms/{model}/{prm_name}" if spec["format"] == "value-head" else None
-    prm = score.open_prm(spec, policy_dir=model_dir, head_dir=head)
+    prm = loading.open_prm(spec, policy_dir=model_dir, head_dir=head)
 
-    engine_args = search.engine_args(cache.engine_args)
+    engine_args = vllm_engine.engine_args(cache.engine_args)
     if a.block_size:
         engine_args["block_size"] = a.block_size
     print(f"engine args: {engine_args}")
-    llm = generate.make_engine(model_dir, seed=0, engine_args=engine_args)
+    llm = vllm_engine.make_engine(model_dir, seed=0, engine_args=engine_args)
     stop = cache.prompt.get("stop", [])
     texts = [prompts.render(cache.prompt, q) for q in problems["question"]]
     questions = problems["question"].to_list()
     sampling = {**cache.sampling}
-    llm.generate(texts[:4], generate.sampling_params(sampling, n=2, stop=stop))  # warm-up
+    llm.generate(texts[:4], vllm_engine.sampling_params(sampling, n=2, stop=stop))  # warm-up
     print(f"PRM {prm_name}, dtype {next(prm.model.parameters()).dtype}, {torch.get_num_threads()} torch threads; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
 

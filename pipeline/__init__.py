@@ -1,9 +1,33 @@
 """Compute-optimal inference: the importable logic behind the Snakemake workflow.
 
-Each stage is one module (`datasets`, `models`, `prompts`, `generate`, `grading`,
-`replay`, `flops`, `aggregate`); rules call one function each. Heavy backends (vLLM,
-torch) are imported lazily inside the functions that need them, so the pure modules
-import fast and test without them.
+The folders are the layers; a module imports only from its own folder or a lower layer
+(tests/test_layers.py builds the import graph and fails on a cycle or an upward import):
+
+    pipeline/*.py   the stages, one `python -m pipeline.<stage>` per rule: prepare,
+                    generate, grading (rule grade), score (rules score and
+                    train_value_head), rollouts, search, replay (rules replay and
+                    replay_prm), aggregate. Stages never import each other.
+    workflow/       what the Snakefile reads at parse time: the plan (caches, keys,
+                    shards, searches) and typed --config overrides
+    analysis/       everything behind `aggregate` after the replays: statistics, claims,
+                    held-out choices, difficulty, knapsack, adaptive policies and
+                    allocation, the point grid, latency, PRM quality, the DuckDB views,
+                    figures, the report
+    treesearch/     the tree-search algorithms (REBASE, beam, MCTS) and what a search
+                    job writes (final answers from its leaves)
+    strategies/     exact replays of voting (majority, coverage, greedy) and PRM
+                    selection (best-of-N, weighted voting) over a sample cache
+    prm/            process reward models: the scorers, opening a config's entry, the
+                    value head's step labels
+    engine/         the policy: model sources and parameter counts, the vLLM engine
+                    and its settings
+    tasks/          problems and how answers are checked: datasets, answer grading,
+                    the arithmetic step checker
+    core/           shared utilities: atomic I/O, schemas, FLOPs, timing, progress,
+                    prompts, ROC AUC
+
+Heavy backends (vLLM, torch) are imported lazily inside the functions that need them,
+so the pure modules import fast and test without them.
 """
 
 __version__ = "0.1.0"

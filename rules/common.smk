@@ -3,21 +3,23 @@ import json
 
 from snakemake.utils import validate
 
-from pipeline.overrides import apply_overrides
+from pipeline.workflow.overrides import apply_overrides
 
 # `--config` values arrive as strings below the top level; type them before the schema
 # reads them (e.g. --config 'sampling={n: 32}').
 apply_overrides(config, dict(workflow.config_settings.config))
 validate(config, schema="../config/config.schema.yaml", set_default=True)
 
-from pipeline import allocation, models, plan
-from pipeline import score as score_checks
+from pipeline.analysis import allocation
+from pipeline.engine import models
+from pipeline.workflow import plan
+from pipeline.prm import loading as prm_entries
 
 # What the schema cannot check, before any job: model paths, PRM entries, the adaptive
 # allocation's probe (dataset files are parsed and checked by plan.caches, through
 # datasets.count_problems).
 models.check_sources(config["models"])
-score_checks.check_config(config)
+prm_entries.check_config(config)
 allocation.check_config(config)
 
 # "Every local core" for the engine rules (generate, score, train_value_head, search).

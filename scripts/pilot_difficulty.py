@@ -18,7 +18,7 @@ seconds, and the sd of the paired per-problem difference best-of-N - majority@N 
 `power` table). With `--mix`, the same for the mix (weights are problem shares):
     mean d = sum_i w_i mean_i,   var d = sum_i w_i (var_i + (mean_i - mean d)^2),
 and the minimum detectable difference at 80% power, two-sided 5%, MDE = (z_0.975 +
-z_0.80) sd(d) / sqrt(n) (`pipeline.stats.mde`), at a few n, and the n that reaches
+z_0.80) sd(d) / sqrt(n) (`pipeline.analysis.stats.mde`), at a few n, and the n that reaches
 `--target`. Seconds measured on a loaded machine are what they are: compare tokens.
 """
 
@@ -37,7 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import stats  # noqa: E402
+from pipeline.analysis import stats  # noqa: E402
 
 
 def parse_difficulty(text: str) -> tuple[str, dict]:

@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import aggregate, figures, report
+from pipeline import aggregate
+from pipeline.analysis import figures, report
 
 PROBLEMS = ["a", "b", "c", "d"]
 
@@ -256,7 +257,7 @@ def test_adaptive_policies_enter_the_views(tmp_path):
     assert set(table["source"]) == {"predicted", "oracle"} and set(table["convention"]) == {"paper", "full"}
     assert (table["num_folds"] == 4).all() and (table["num_bins"] <= 3).all()
     assert table["accuracy_se"].is_not_null().all() and table["diff_ci_low"].is_not_null().all()
-    # the folds are the analysis' (pipeline.stats, seed 1), as every held-out choice uses
+    # the folds are the analysis' (pipeline.analysis.stats, seed 1), as every held-out choice uses
     folds = query(db, "SELECT problem_id, fold FROM folds")
     held = query(db, "SELECT DISTINCT problem_id, fold FROM adaptive_problems")
     assert sorted(held.rows()) == sorted(folds.rows())

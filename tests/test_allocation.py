@@ -14,8 +14,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import aggregate, allocation, difficulty, figures, knapsack, policies, replay, replay_prm, report, stats
-from pipeline.point_grid import cost_matrix, point_grid
+from pipeline import aggregate
+from pipeline.analysis import (
+    allocation,
+    difficulty,
+    figures,
+    knapsack,
+    policies,
+    report,
+    stats,
+)
+from pipeline.analysis.point_grid import cost_matrix, point_grid
+from pipeline.strategies import selection as replay_prm
+from pipeline.strategies import voting
 
 # ------------------------------------------------------------------ the knapsack
 
@@ -168,7 +179,7 @@ def test_conditional_accuracy_without_probe_equals_replay_estimators():
         good[good_class] = True
         for j, (st, n) in enumerate(pts.select("strategy", "n").rows()):
             if st == "majority":
-                expect = replay.majority_accuracy(sizes, good_class, int((cls < 0).sum()), n)
+                expect = voting.majority_accuracy(sizes, good_class, int((cls < 0).sum()), n)
             elif st == "best_of_n":
                 expect = replay_prm.best_of_n_accuracy(scores, ok, n)
             else:
@@ -412,7 +423,7 @@ def synthetic_tables(seed=0, m=48, N=12, dataset="d", model="toy"):
     tok = pl.DataFrame(tokens, schema=["source", "problem_id", "sample_idx", "prompt_tokens", "output_tokens"],
                        orient="row")
     with contextlib.redirect_stderr(io.StringIO()):
-        r1 = replay.replay(g, None, tok, params=1_000_000)
+        r1 = voting.replay(g, None, tok, params=1_000_000)
         steps = sc.select("problem_id", "sample_idx", pl.when(pl.col("scores").list.len() == 0)
                           .then(pl.lit([0.0], pl.List(pl.Float64))).otherwise(pl.col("scores")).alias("scores"))
         r2 = replay_prm.replay_prm(g, steps, tok, params=1_000_000, prm="v", prm_params=500_000,
@@ -445,7 +456,7 @@ def test_allocate_frames(tables, tmp_path):
     assert (s["probe_samples"] == 4).all() and (s["probe_prm"] == "v").all()
     assert s["choices"].str.starts_with("bin1: ").all()
     assert s.filter(pl.col("source") == "predicted")["choices"].str.contains("bin2: ").any()
-    # held-out accuracy and the fixed policy's, paired over the same problems (pipeline.stats)
+    # held-out accuracy and the fixed policy's, paired over the same problems (pipeline.analysis.stats)
     p = res.problems
     assert p.schema == pl.Schema(allocation.problems_schema())
     for (source, conv, budget), g in s.group_by(["source", "convention", "budget"]):
@@ -503,7 +514,7 @@ def test_allocate_naive_replay_and_given_folds(tables):
     assert res.summary["saving_ci_low"].is_null().all()  # no bootstrap
     with pytest.raises(ValueError, match="no fold for problem"):
         allocation.allocate(tables, folds=folds.head(3), bootstrap=0)
-    # without folds: the analysis' seeded split (pipeline.stats) with num_folds and seed
+    # without folds: the analysis' seeded split (pipeline.analysis.stats) with num_folds and seed
     a = allocation.allocate(tables, bootstrap=0, num_folds=3, seed=2, conventions={"paper": "flops_paper"})
     b = allocation.allocate(tables, folds=stats.folds_table(tables["grades"].select("dataset", "problem_id"), 3, 2),
                             bootstrap=0, conventions={"paper": "flops_paper"})

@@ -17,9 +17,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-
 from conftest import dry_run
-from pipeline import datasets, io, models, score
+
+from pipeline import score
+from pipeline.core import io
+from pipeline.engine import models
+from pipeline.prm import loading
+from pipeline.tasks import datasets
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -246,7 +250,7 @@ def test_embedded_package_missing_says_how_to_install(monkeypatch):
 )
 def test_bad_prm_entry_is_named(prm, words):
     with pytest.raises((ValueError, OSError)) as e:
-        score.check_config({"prms": {"x": prm}})
+        loading.check_config({"prms": {"x": prm}})
     for w in words:
         assert w in str(e.value)
 

@@ -1,4 +1,4 @@
-"""pipeline.claims on synthetic replay tables built so that each claim is supported,
+"""pipeline.analysis.claims on synthetic replay tables built so that each claim is supported,
 refuted, inconclusive or not testable; the numbers are checked against a direct
 computation of each test's per-problem differences."""
 
@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import aggregate, claims, stats
+from pipeline import aggregate
+from pipeline.analysis import claims, stats
 
 GAINS_CONCAVE = {1: 0.0, 2: 0.0, 4: 0.2, 8: 0.25, 16: 0.27}
 GAINS_CONVEX = {1: 0.0, 2: 0.0, 4: 0.02, 8: 0.1, 16: 0.3}

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import REPO, dry_run
+
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs, snakemake_env
 
 SHIPPED = ["config.yaml", "gsm8k.yaml", "paper-math500.yaml"]
@@ -126,7 +125,7 @@ def test_a_config_override_changes_only_its_value(tmp_path):
 
 
 def test_typed_overrides():
-    from pipeline.overrides import apply_overrides
+    from pipeline.workflow.overrides import apply_overrides
 
     config = {"sampling": {"n": 16, "greedy": True}, "prompts": {"p": {"template": "Q: {question}"}}}
     apply_overrides(config, {"sampling": {"n": "32", "greedy": "false", "top_p": "0.9"},

@@ -1,4 +1,4 @@
-"""Tests for pipeline.datasets: real GSM8K/MATH500 files, the JSONL loader and its
+"""Tests for pipeline.tasks.datasets: real GSM8K/MATH500 files, the JSONL loader and its
 errors, and the seeded arithmetic generator."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import datasets, schemas
+from pipeline.core import schemas
+from pipeline.tasks import datasets
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K = DATA / "gsm8k_test.jsonl"

@@ -39,8 +39,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from conftest import TINY, copy_run, open_db, snakemake, snakemake_command, snakemake_env
+from conftest import (
+    TINY,
+    copy_run,
+    open_db,
+    snakemake,
+    snakemake_command,
+    snakemake_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +55,7 @@ MODEL = "smollm2-135m"
 SAMPLED = "p00000-00006_s0000-0004.parquet"  # TINY: 6 problems x 4 samples, one shard
 PRMS = ("logprob", "value-head")
 TABLES = ("problems", "models", "caches", "samples", "grades", "scores", "replay")  # at least
-# What measured wall-clock times (pipeline/latency.py) decide: a rerun job takes its own time
+# What measured wall-clock times (pipeline/analysis/latency.py) decide: a rerun job takes its own time
 MEASURED = {"replay": "EXCLUDE (seconds, load_s, device)", "adaptive_problems": "EXCLUDE (seconds)"}
 MEASURED_ROWS = {"held_out_problems": "WHERE convention <> 'seconds'"}  # choices made in seconds
 
@@ -109,7 +115,7 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def temp_files(dest: Path) -> list[Path]:
-    """Temporary files of a write of `dest` (pipeline.io._atomic names)."""
+    """Temporary files of a write of `dest` (pipeline.core.io._atomic names)."""
     return sorted(p for p in dest.parent.glob(f".{dest.name}.*.tmp")) if dest.parent.is_dir() else []
 
 

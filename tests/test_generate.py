@@ -5,7 +5,9 @@ from types import SimpleNamespace as NS
 import polars as pl
 import pytest
 
-from pipeline import generate, prompts, schemas
+from pipeline import generate
+from pipeline.core import prompts, schemas
+from pipeline.engine import vllm_engine
 
 
 def completion(index, text, tokens, logprob=-1.5, finish="stop"):
@@ -83,8 +85,8 @@ def test_some_empty_generations_are_kept():
 
 
 def test_engine_seed_depends_on_key_and_shard():
-    a = generate.engine_seed("k1", "p00000-00010_s0000-0008")
-    assert a == generate.engine_seed("k1", "p00000-00010_s0000-0008")
-    assert a != generate.engine_seed("k1", "p00000-00010_s0008-0016")
-    assert a != generate.engine_seed("k2", "p00000-00010_s0000-0008")
+    a = vllm_engine.engine_seed("k1", "p00000-00010_s0000-0008")
+    assert a == vllm_engine.engine_seed("k1", "p00000-00010_s0000-0008")
+    assert a != vllm_engine.engine_seed("k1", "p00000-00010_s0008-0016")
+    assert a != vllm_engine.engine_seed("k2", "p00000-00010_s0000-0008")
     assert 0 <= a < 2**31

@@ -9,8 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import schemas
-from pipeline.grading import answer_classes, equivalent, extract_answer, grade, normalize
+from pipeline.core import schemas
+from pipeline.tasks.answers import (
+    answer_classes,
+    equivalent,
+    extract_answer,
+    grade,
+    normalize,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -4,7 +4,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline import aggregate, io
+from pipeline import aggregate
+from pipeline.core import io
 
 
 def test_failed_write_leaves_no_file(tmp_path):

@@ -1,6 +1,6 @@
-"""Step labels: the arithmetic checker (pipeline/arith_check.py) on hand-written solutions,
+"""Step labels: the arithmetic checker (pipeline/tasks/arith_check.py) on hand-written solutions,
 the rollout labeller (pipeline/rollouts.py) on a scripted generator, the supervision
-setting (pipeline/labels.py) and how the workflow plans the rollouts."""
+setting (pipeline/prm/labels.py) and how the workflow plans the rollouts."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import json
 
 import polars as pl
 import pytest
-
 from conftest import TINY, dry_run, planned_jobs
-from pipeline import arith_check, labels, plan, rollouts
-from pipeline.arith_check import parse_step, step_labels
+
+from pipeline import rollouts
+from pipeline.prm import labels
 from pipeline.rollouts import Completion
+from pipeline.tasks import arith_check
+from pipeline.tasks.arith_check import parse_step, step_labels
+from pipeline.workflow import plan
 
 # --------------------------------------------------------------------------- arith-check
 
@@ -147,7 +150,7 @@ PROBLEMS = pl.DataFrame({"problem_id": ["p"], "question": ["Ben has 5 cookies. H
 
 
 def sample_rows(*texts):
-    from pipeline import prompts
+    from pipeline.core import prompts
 
     return pl.DataFrame(
         {"problem_id": ["p"] * len(texts), "sample_idx": list(range(len(texts))), "text": list(texts),
@@ -180,12 +183,12 @@ def test_rollout_labels_on_a_scripted_generator():
     assert rows["answers"][4].to_list() == ["8", None, "2"]
     assert rows["output_tokens"].to_list() == [9, 9, 0, 9, 9, 0]
 
-    hard = rollouts.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="hard")
-    soft = rollouts.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="soft")
+    hard = labels.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="hard")
+    soft = labels.step_labels_from_rollouts(samples.filter(pl.col("text") != ""), rows, label="soft")
     assert hard == [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     assert soft == [[pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0], [pytest.approx(1 / 3), pytest.approx(1 / 3), 0.0]]
     with pytest.raises(ValueError, match="no rollout for problem 'p' sample 0 step 2"):
-        rollouts.step_labels_from_rollouts(samples.head(1), rows.filter(pl.col("step") < 2))
+        labels.step_labels_from_rollouts(samples.head(1), rows.filter(pl.col("step") < 2))
 
 
 def test_rollouts_count_must_match():
@@ -228,9 +231,8 @@ def with_supervision(supervision, **rollouts):
 
 
 def rollout_keys(config):
-    from snakemake.utils import validate
-
     from conftest import REPO
+    from snakemake.utils import validate
 
     config = copy.deepcopy(config)
     validate(config, schema=str(REPO / "config" / "config.schema.yaml"), set_default=True)

@@ -1,4 +1,4 @@
-"""Timing records (pipeline.timing) and seconds per curve point (pipeline.latency), on
+"""Timing records (pipeline.core.timing) and seconds per curve point (pipeline.analysis.latency), on
 synthetic timings and files: no engine runs."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline import aggregate, io, latency, timing
+from pipeline import aggregate
+from pipeline.analysis import latency
+from pipeline.core import io, timing
 
 CPU, GPU = "CPU A (2 cores)", "GPU B x1"
 
@@ -278,9 +280,10 @@ def test_value_head_training_is_timed(tmp_path):
     """score.train loads the policy once (timed as load) and hands it to the fit: the head
     equals one fitted by train_value_head loading the policy itself."""
     pytest.importorskip("transformers")
-    from test_prm import Q, TEXT, make_dir
+    from test_prm import TEXT, Q, make_dir
 
-    from pipeline import prm, prompts, score
+    from pipeline import prm, score
+    from pipeline.core import prompts
 
     policy = make_dir(tmp_path / "policy")
     texts = [TEXT.replace("5 .", f"{k % 4 + 2} .") for k in range(10)]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline import models
+from pipeline.engine import models
 
 
 def tiny_llama(tmp_path, tie):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs
 
 CONFIGS = {
@@ -64,7 +63,7 @@ def test_paper_settings(name):
 
 
 def test_paper_prompts_render_the_raw_problem():
-    from pipeline import prompts
+    from pipeline.core import prompts
 
     c = load("paper-math500")
     [prompt] = {m["prompt"] for m in c["models"].values()}

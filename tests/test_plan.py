@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from pipeline import generate, plan
+from pipeline import generate
+from pipeline.workflow import plan
 
 BASE = {
     "datasets": {"arith": {"source": "arith", "split": "test", "seed": 0, "levels": [1, 2], "limit": 10}},

@@ -5,11 +5,11 @@ prefix is computed once, a session computes a child from its parent's cached pat
 a tree search scores like scoring every path from scratch."""
 
 import pytest
+from toy_tokenizer import word_tokenizer
 
 from pipeline import prm as prm_pkg
-from pipeline.prompts import step_ends
-from pipeline.tree import Limits, Searcher, Step, rebase, run
-from toy_tokenizer import word_tokenizer
+from pipeline.core.prompts import step_ends
+from pipeline.treesearch.tree import Limits, Searcher, Step, rebase, run
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -8,11 +8,12 @@ import random
 from pathlib import Path
 
 import pytest
+from toy_tokenizer import SPECIALS, word_tokenizer
 
 from pipeline import prm as prm_pkg
+from pipeline.core import prompts
+from pipeline.core.prompts import step_ends as split_step_ends
 from pipeline.prm import positions as P
-from pipeline.prompts import step_ends as split_step_ends
-from toy_tokenizer import SPECIALS, word_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -105,7 +106,7 @@ def test_tag_token_positions_overlap_and_id():
 
 
 def test_join_split_and_validate():
-    steps = P.split_steps(TEXT, ENDS)
+    steps = prompts.split_steps(TEXT, ENDS)
     assert steps == ["step one x = 2 .", "step two add 3 to get 5 .", "the answer is 5 ."]
     joined, spans = P.join_with_tags(steps, "<extra_0>")
     assert joined.count("<extra_0>") == 3 and joined.endswith("<extra_0>")
@@ -489,15 +490,16 @@ def test_metamath_sample_through_grading_steps_and_llemma_prm(tmp_path):
     """A sample as the paper's policies write it, through every stage that reads it."""
     import polars as pl
 
-    from pipeline import grading, score
+    from pipeline import score
+    from pipeline.tasks import answers
 
     question = "What is 3 / 4 ?"
     text = "Step 1: We have 3 / 4 . ки\nStep 2: So x = 3 / 4 . ки\nThe answer is: \\frac{3}{4} ки"
-    assert grading.extract_answer(text) == "\\frac{3}{4}"
+    assert answers.extract_answer(text) == "\\frac{3}{4}"
     problems = pl.DataFrame({"problem_id": ["p"], "question": [question], "answer": ["0.75"], "metadata": ["{}"]})
     samples = pl.DataFrame({"problem_id": ["p"], "sample_idx": pl.Series([0], dtype=pl.Int32), "text": [text],
                             "step_ends": [split_step_ends(text)]})
-    graded = grading.grade(samples, problems)
+    graded = answers.grade(samples, problems)
     assert graded["answer"].to_list() == ["3/4"] and graded["correct"].to_list() == [True]
     ends = split_step_ends(text)
     assert [text[:e].rsplit("\n", 1)[-1] for e in ends] == text.split("\n")  # one step per line, tag included

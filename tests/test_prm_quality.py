@@ -1,4 +1,4 @@
-"""PRM quality measures (pipeline/prm_quality.py) on hand-made scores."""
+"""PRM quality measures (pipeline/analysis/prm_quality.py) on hand-made scores."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import random
 import polars as pl
 import pytest
 
-from pipeline import prm, prm_quality, report
-from pipeline.prm_quality import auc, auc_difference, bootstrap_se, within_problem_auc
+from pipeline import prm
+from pipeline.analysis import prm_quality, report
+from pipeline.analysis.prm_quality import (
+    auc,
+    auc_difference,
+    bootstrap_se,
+    within_problem_auc,
+)
 
 
 def test_auc_matches_the_mann_whitney_definition():

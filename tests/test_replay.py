@@ -10,8 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import schemas
-from pipeline.replay import budgets, majority_accuracy, pass_at_k, replay, summarize
+from pipeline.core import schemas
+from pipeline.strategies.shared import budgets
+from pipeline.strategies.voting import majority_accuracy, pass_at_k, replay, summarize
 
 # ------------------------------------------------------------------ brute force
 

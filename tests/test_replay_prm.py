@@ -8,9 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import schemas
-from pipeline.replay import replay
-from pipeline.replay_prm import (
+from pipeline.core import schemas
+from pipeline.strategies.selection import (
     REPLAY_PRM,
     aggregate_steps,
     best_of_n_accuracy,
@@ -18,6 +17,7 @@ from pipeline.replay_prm import (
     replay_prm,
     weighted_majority_accuracy,
 )
+from pipeline.strategies.voting import replay
 
 # ------------------------------------------------------------------ brute force
 

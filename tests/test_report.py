@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY, copy_run, snakemake_env
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,7 @@ import polars as pl
 import pytest
 
 from pipeline import score
+from pipeline.prm import loading
 
 
 class FakePRM:
@@ -40,4 +41,4 @@ def test_scores_rows_and_empty_generations():
 
 def test_unknown_format_is_named():
     with pytest.raises(ValueError, match="nope"):
-        score.open_prm({"format": "nope"}, policy_dir="x", head_dir=None)
+        loading.open_prm({"format": "nope"}, policy_dir="x", head_dir=None)

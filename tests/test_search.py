@@ -11,8 +11,18 @@ import polars as pl
 import pytest
 
 from pipeline import search
-from pipeline.tree import Limits, Node, Searcher, Step, _select, allocate, beam, mcts, rebase
-
+from pipeline.treesearch import results
+from pipeline.treesearch.tree import (
+    Limits,
+    Node,
+    Searcher,
+    Step,
+    _select,
+    allocate,
+    beam,
+    mcts,
+    rebase,
+)
 
 # --------------------------------------------------------------------------- allocation
 
@@ -292,7 +302,7 @@ def test_select_majority_best_of_n_weighted_with_ties():
         ("q", [0.5], "8", 1, True),
         ("q", [], None, -1, False),
     ])
-    out = search.select(leaves, ["p", "q", "r"], aggregations=["last"])
+    out = results.select(leaves, ["p", "q", "r"], aggregations=["last"])
     got = {(r["problem_id"], r["selection"]): (r["answer"], r["accuracy"], r["completed"]) for r in out.to_dicts()}
     assert got[("p", "majority")] == ("2", 0.0, 3)
     assert got[("p", "best_of_n")] == ("1", 1.0, 3)
@@ -308,10 +318,10 @@ def test_results_rows_and_flops():
     trees = rebase(make(gen, problems=2), 4)
     problems = pl.DataFrame({"problem_id": ["a", "b"], "question": ["q0", "q1"], "answer": ["1", "5"],
                              "metadata": ["{}", "{}"]})
-    leaves = search.leaves_table(trees, problems)
+    leaves = results.leaves_table(trees, problems)
     assert leaves.height == 8 and leaves.filter(problem_id="a")["correct"].sum() == 2
-    res = search.results(trees, leaves, problems, algorithm="rebase", budget=4, params=10, prm_params=3)
-    assert res.columns == list(search.SEARCH)
+    res = results.results(trees, leaves, problems, algorithm="rebase", budget=4, params=10, prm_params=3)
+    assert res.columns == list(results.SEARCH)
     assert res.height == 2 * (1 + 2 * 4)
     a = res.filter(problem_id="a", selection="best_of_n", aggregation="last").row(0, named=True)
     assert a["answer"] == "1" and a["accuracy"] == 1.0  # answer 1 scores 0.9
@@ -320,7 +330,7 @@ def test_results_rows_and_flops():
     assert a["output_tokens"] == 4 * 2 * 5
     assert a["flops_paper"] == 2 * 10 * a["output_tokens"]
     assert a["flops_full"] == 2 * 10 * (a["output_tokens"] + a["prompt_tokens"]) + 2 * 3 * a["prm_tokens"]
-    rows = search.replay_rows(res, name="rebase", prm="vh")
+    rows = results.replay_rows(res, name="rebase", prm="vh")
     assert set(rows["strategy"]) == {"rebase_majority", "rebase_best_of_n", "rebase_weighted_majority"}
     assert (rows["n"] == 4).all()
 
@@ -345,7 +355,6 @@ def test_identical_siblings_are_scored_once():
 
 def _config(**search_entry):
     import yaml
-
     from conftest import REPO
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -354,7 +363,7 @@ def _config(**search_entry):
 
 
 def test_search_plan_keys():
-    from pipeline import plan
+    from pipeline.workflow import plan
 
     [base] = plan.searches(_config())
     assert base.budgets == (2, 4) and base.blocks == ("p00000-00064",)
@@ -373,7 +382,7 @@ def test_search_plan_keys():
 
 
 def test_search_plan_rejects_unknown_prm():
-    from pipeline import plan
+    from pipeline.workflow import plan
 
     with pytest.raises(ValueError, match=r"search.rebase.prms: \['nope'\]"):
         plan.searches(_config(prms=["nope"]))
@@ -533,7 +542,7 @@ def test_limits_reject_inconsistent_rules():
 
 
 def test_search_plan_rules_keep_old_keys():
-    from pipeline import plan
+    from pipeline.workflow import plan
 
     # Measured before the step/completion rules existed (and the key of the embedded
     # default's search in the demo's results/search/): leaving the rules at their
@@ -553,10 +562,10 @@ def test_search_plan_rules_keep_old_keys():
 
 def test_embedded_default_search_key_is_unchanged():
     import yaml
+    from conftest import REPO
     from snakemake.utils import validate
 
-    from conftest import REPO
-    from pipeline import plan
+    from pipeline.workflow import plan
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate(config, str(REPO / "config" / "config.schema.yaml"), set_default=True)
@@ -590,10 +599,10 @@ def test_paper_step_rules_on_real_vllm(baseline):
     """The step stop string on a real engine (the embedded model the baseline run built):
     vLLM stops each request at its own "Step {depth+2}" and drops it, the next step writes
     it again, and the chunks join into the solution."""
-    from pipeline import generate
+    from pipeline.engine import vllm_engine
 
     model_dir = baseline / "results" / "models" / "smollm2-135m" / "hf"
-    llm = generate.make_engine(str(model_dir), seed=0, engine_args=search.engine_args({"enforce_eager": True}))
+    llm = vllm_engine.make_engine(str(model_dir), seed=0, engine_args=vllm_engine.engine_args({"enforce_eager": True}))
     few = ("Question: Tom has 3 apples and buys 5 more. How many apples does he have?\n"
            "Step 1: Tom starts with 3 apples.\nStep 2: He buys 5 more, so 3 + 5 = 8.\nThe answer is 8.\n\n"
            "Question: Sam has 7 cards and gets 6 more. How many cards does he have?\n")

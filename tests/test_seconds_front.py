@@ -10,9 +10,10 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-
-from pipeline import aggregate, figures, report, views
 from test_aggregate_views import brute_force_front, query
+
+from pipeline import aggregate
+from pipeline.analysis import figures, report, views
 
 PROBLEMS = ["a", "b", "c", "d", "e"]
 CPU = "Test CPU (2 cores)"

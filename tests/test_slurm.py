@@ -32,9 +32,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from polars.testing import assert_frame_equal
-
 from conftest import REPO, SNAKEMAKE, TINY, open_db, snakemake_env, write_config
+from polars.testing import assert_frame_equal
 
 CLUSTER = REPO / "scripts" / "slurm" / "cluster.sh"
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -262,7 +261,7 @@ def test_gpu_rules_ran_as_gpu_jobs_cpu_rules_without(slurm_runs, slurm):
 
 
 def _compare(slurm_con, base_con, table: str, selectors: list[str], order: list[str], where: str = "TRUE") -> int:
-    # measured wall-clock times (pipeline/latency.py) differ from run to run
+    # measured wall-clock times (pipeline/analysis/latency.py) differ from run to run
     measured = ["seconds", "load_s", "device"]
     query = f"SELECT * FROM {table} WHERE {where}"
     ours = pl.from_arrow(slurm_con.sql(query).to_arrow_table()).drop(measured, strict=False)

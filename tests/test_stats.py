@@ -1,4 +1,4 @@
-"""pipeline.stats and the SQL statistics of pipeline.views on small synthetic replay tables:
+"""pipeline.analysis.stats and the SQL statistics of pipeline.analysis.views on small synthetic replay tables:
 paired differences against a brute-force computation (Python and the `paired` macro of
 the database, read through a fresh connection), the seeded fold split, cross-fitting
 (unbiased for a choice among equal candidates, where the in-sample maximum is not), the
@@ -13,7 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import aggregate, stats, views
+from pipeline import aggregate
+from pipeline.analysis import stats, views
 
 
 def synthetic_replay(rng, problems=30, points=(("m", None, "majority", None, 4), ("m", "v", "weighted_majority", "last", 4),

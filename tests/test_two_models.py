@@ -11,9 +11,9 @@ import json
 
 import polars as pl
 import pytest
-
 from conftest import TINY, copy_run, open_db, planned_jobs, snakemake
-from pipeline import models
+
+from pipeline.engine import models
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,9 @@ def test_views_compare_two_model_sizes(two):
 def test_second_model_tokenizer_adds_bos(two):
     """Gemma needs <bos>; the GGUF's add_bos_token flag must survive the conversion."""
     run, _, _ = two
-    from tokenizers import Tokenizer  # what transformers' fast tokenizer runs, without its import cost
+    from tokenizers import (
+        Tokenizer,  # what transformers' fast tokenizer runs, without its import cost
+    )
 
     tok = Tokenizer.from_file(str(run / "results" / "models" / SECOND / "hf" / "tokenizer.json"))
     assert tok.encode("2 + 3").ids[0] == tok.token_to_id("<bos>")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import copy
 import json
 
-import pytest
 import polars as pl
-
+import pytest
 from conftest import TINY, copy_run, open_db, planned_jobs, snakemake
 
 pytestmark = pytest.mark.integration
@@ -94,7 +93,7 @@ def check_latency(con):
     curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops").to_arrow_table())
     runnable = curve.filter(~pl.col("oracle"))
     assert runnable["seconds"].null_count() == 0 and (runnable["seconds"] > 0).all(), runnable
-    # an adaptive policy's seconds are its chosen points' (pipeline.point_grid); it draws on
+    # an adaptive policy's seconds are its chosen points' (pipeline.analysis.point_grid); it draws on
     # several jobs, so it has no one load or device, and no place on a seconds front
     fixed = runnable.filter(~pl.col("strategy").str.starts_with("adaptive_"))
     assert fixed["load_s"].null_count() == 0 and fixed["device"].null_count() == 0

@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.progress import progress
 from pipeline.prm import positions as pos_mod
 from pipeline.prm import prefix as prefix_mod
-from pipeline.progress import progress
 
 
 class PRM(abc.ABC):

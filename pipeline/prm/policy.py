@@ -25,8 +25,8 @@ from typing import Any
 
 from pipeline.prm import positions as P
 from pipeline.prm.base import (
-    Encoded,
     HFPRM,
+    Encoded,
     count_parameters,
     last_hidden_state,
     load_model,

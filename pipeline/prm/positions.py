@@ -116,16 +116,6 @@ def tag_steps(text: str, step_ends: Sequence[int], tag: str, sep: str = "") -> t
     return "".join(parts), spans
 
 
-def split_steps(text: str, step_ends: Sequence[int]) -> list[str]:
-    """The steps as stripped strings: step i runs from the previous end to its end."""
-    steps = []
-    prev = 0
-    for end in step_ends:
-        steps.append(text[prev:end].strip())
-        prev = end
-    return steps
-
-
 def join_with_tags(steps: Sequence[str], tag: str) -> tuple[str, list[tuple[int, int]]]:
     """Steps joined with `tag` after every step, the last included (Qwen PRM style):
     "s1<tag>s2<tag>". Returns the string and each tag's character span."""

@@ -38,7 +38,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.progress import progress
+from pipeline.core.progress import progress
 
 DEFAULT_MAX_BYTES = 1 << 30  # KV cache a tree keeps: 46k tokens of SmolLM2-135M, 8k of Mistral-7B (bf16)
 

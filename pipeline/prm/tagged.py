@@ -26,7 +26,7 @@ llemma-prm     (tkitsers/Llemma-reward-model, the reward model of Wu et al.'s in
                * input `question + solution`, no template, no separator (the policy's
                  prompt for these "llemma" policies is the raw problem text; for GSM8K
                  the reference prompt is `question + "\n"`: set template "{question}\n").
-                 The question is stripped of outer whitespace, as pipeline.prompts.render
+                 The question is stripped of outer whitespace, as pipeline.core.prompts.render
                  strips it for the policy, so the PRM reads exactly the policy's prompt;
                * score = sigmoid(mean over the vocabulary of the logits) at the tag
                  token, the last token of `tokenizer.encode(" ки")` (the reference's
@@ -49,10 +49,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.core.prompts import split_steps
 from pipeline.prm import positions as P
 from pipeline.prm.base import (
-    Encoded,
     HFPRM,
+    Encoded,
     count_parameters,
     head_logits,
     last_hidden_state,
@@ -190,7 +191,7 @@ class QwenPRM(_TwoLogitPRM):
             raise ValueError(f"{self.format} PRM {self.name}: tokenizer has no chat template")
 
     def encode(self, index, question, text, step_ends):
-        content, _ = P.join_with_tags(P.split_steps(text, step_ends), self.tag)
+        content, _ = P.join_with_tags(split_steps(text, step_ends), self.tag)
         messages = [
             {"role": "system", "content": self.system},
             {"role": "user", "content": question},

@@ -240,9 +240,9 @@ def train_value_head(
 
 def auc(scores: Sequence[float], labels: Sequence[bool | int | float]) -> float:
     """ROC AUC as the Mann-Whitney statistic: P(score of a positive > score of a
-    negative), ties counting half (pipeline.stats.auc). Labels are truthy = positive.
+    negative), ties counting half (pipeline.core.auc). Labels are truthy = positive.
     Raises ValueError when either class is empty or a score is not finite."""
-    from pipeline.stats import auc as mann_whitney
+    from pipeline.core.auc import auc as mann_whitney
 
     positive = [bool(label) for label in labels]
     value = mann_whitney(scores, positive)

@@ -11,8 +11,8 @@ matches the fnmatch pattern `match`:
         ("killed after the shard is written, before Snakemake records the job as done").
 The hold lasts until the test creates "<temporary file or destination>.go" (that write
 then goes on) or `hold` seconds (default 600) have passed. Nothing else changes: the
-real `pipeline.io._atomic` does the write. The patch is applied when a process first
-imports pipeline.io, so other processes (Snakemake itself, vLLM workers) pay nothing.
+real `pipeline.core.io._atomic` does the write. The patch is applied when a process first
+imports pipeline.core.io, so other processes (Snakemake itself, vLLM workers) pay nothing.
 """
 
 import os
@@ -53,7 +53,7 @@ if os.environ.get("FAULT_PAUSE"):
 
     class _Finder(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name != "pipeline.io":
+            if name != "pipeline.core.io":
                 return None
             sys.meta_path.remove(self)
             spec = importlib.util.find_spec(name)

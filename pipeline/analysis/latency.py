@@ -1,6 +1,6 @@
 """Seconds per problem for every curve point, from the stages' own timing records.
 
-The model stages record wall-clock seconds in their outputs (`pipeline.timing`); the
+The model stages record wall-clock seconds in their outputs (`pipeline.core.timing`); the
 aggregate stage gathers them into the `timings` table (`read_timings`) and charges every
 `replay` row its seconds per problem (`replay_seconds`):
 
@@ -41,7 +41,7 @@ timings table (`read_timings`, one row per model-stage output file of the manife
     key            cache key (generate, score) or search key; NULL for train_value_head
     budget         search only
     file           the output's path, relative to the workflow folder
-    problems, samples, prompt_tokens, output_tokens, prm_tokens   (pipeline.timing)
+    problems, samples, prompt_tokens, output_tokens, prm_tokens   (pipeline.core.timing)
     load_s, work_s seconds (NULL: the file was written unmeasured)
     device, engine where it ran and with which library versions
 """
@@ -53,7 +53,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import search, timing
+from pipeline.core import timing
+from pipeline.treesearch.results import SELECTIONS
 
 TIMINGS = {
     "stage": pl.String,
@@ -170,7 +171,7 @@ def _search_costs(timings: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame
         pl.col("load_s").alias("search_load"),
         pl.concat_list(pl.col("device")).alias("search_dev"),
     )
-    rules = pl.DataFrame({"selection": list(search.SELECTIONS)})
+    rules = pl.DataFrame({"selection": list(SELECTIONS)})
     return (
         jobs.join(problems, on="file", how="inner")
         .join(rules, how="cross")

@@ -3,7 +3,7 @@
 A *policy* gives every problem a point (strategy, n, ...) by its difficulty bin. Inputs
 are matrices over problems x points: accuracy (per problem, an expectation) and cost in
 one convention; a `Difficulty` maps a training mask to every problem's difficulty (None:
-one bin, the fixed policy). pipeline.allocation builds the matrices from the caches.
+one bin, the fixed policy). pipeline.analysis.allocation builds the matrices from the caches.
 
 Choices (`fit_policy`): per bin, a point's training accuracy is shrunk towards its mean
 over all training problems (`shrink` pseudo-problems, default 1): with a handful of
@@ -19,8 +19,8 @@ on the training folds), the in-sample accuracy (everything fitted and scored on 
 problems: optimistic) and the paired difference adaptive - fixed over the same problems,
 where "fixed" is the best single point within the budget chosen the same cross-fitted
 way (the knapsack with one bin; like every choice here its costs are those of the
-training folds). pipeline.allocation summarises held-out accuracies and paired
-differences with pipeline.stats (`mean_se`, `paired`: each problem's Monte Carlo SE
+training folds). pipeline.analysis.allocation summarises held-out accuracies and paired
+differences with pipeline.analysis.stats (`mean_se`, `paired`: each problem's Monte Carlo SE
 counted).
 
 Between two fixed points' costs a policy can fill the budget by giving each problem one
@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.difficulty import assign_bins, bin_edges
-from pipeline.knapsack import choose, pareto_assignments
+from pipeline.analysis.difficulty import assign_bins, bin_edges
+from pipeline.analysis.knapsack import choose, pareto_assignments
 
 _TOL = 1e-12  # accuracy differences below this are ties
 

@@ -1,9 +1,9 @@
 """arith-check: exact step labels for arith problems, by checking each step's arithmetic.
 
-The cheap labeller of `prms.<name>.train.supervision: arith-check` (pipeline/labels.py),
+The cheap labeller of `prms.<name>.train.supervision: arith-check` (pipeline/prm/labels.py),
 and the yardstick every PRM's step scores are compared on for arith data
-(pipeline/prm_quality.py). Needs each problem's reference `expression` ("3 * 6 - 9",
-metadata of the arith generator's problems, pipeline/datasets.py).
+(pipeline/analysis/prm_quality.py). Needs each problem's reference `expression` ("3 * 6 - 9",
+metadata of the arith generator's problems, pipeline/tasks/datasets.py).
 
 Every step is parsed for the equations it states ("3 + 5 = 8", "2 x 12 = 24 + 8 = 32",
 "(12 - 4) * 2 = 16", with x, ×, *, /, ÷, −, –, numbers with thousands commas, "$", units
@@ -49,8 +49,8 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import grading
-from pipeline.prm.positions import split_steps
+from pipeline.core.prompts import split_steps
+from pipeline.tasks import answers
 
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
 _TOKEN = re.compile(
@@ -320,11 +320,11 @@ def step_labels(question: str, expression: str, answer: str, steps: Sequence[str
     solution's final answer (the last one it gives, as grading reads it) is right."""
     ref = Reference(expression)
     grounded = question_numbers(question) | ref.values
-    reference = grading.normalize(str(answer))
+    reference = answers.normalize(str(answer))
 
     def right(found: str | None) -> bool:
-        got = grading.normalize(found) if found is not None else ""
-        return bool(got) and grading.equivalent(got, reference)
+        got = answers.normalize(found) if found is not None else ""
+        return bool(got) and answers.equivalent(got, reference)
 
     labels: list[int] = []
     wrong = False
@@ -335,12 +335,12 @@ def step_labels(question: str, expression: str, answer: str, steps: Sequence[str
             # every number the step mentions is a quantity of the problem ("her bag of 10
             # candies" in a problem without a 10 is made up)
             good = good and all(n in grounded for n in numbers)
-            found = grading.extract_answer(step)
+            found = answers.extract_answer(step)
             if good and found is not None:
                 # "The answer is 17 + 4 = 21 oranges": the answer is what the equation gives
                 good = right(found.rsplit("=", 1)[-1])
             if good and whole and k == len(steps) - 1:
-                good = right(grading.extract_answer("\n".join(steps)))
+                good = right(answers.extract_answer("\n".join(steps)))
             wrong = not good
         labels.append(0 if wrong else 1)
     return labels

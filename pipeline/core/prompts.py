@@ -9,7 +9,8 @@ A template is
               few-shot question)
 
 Solutions must come out one reasoning step per line and end with "The answer is X.":
-the few-shot examples teach that, and `step_ends` relies on it.
+the few-shot examples teach that, and `step_ends` relies on it (`split_steps` cuts a text
+at those ends).
 
 `render` strips the question's outer whitespace before it fills the template. The paper's
 code (thu-wyz/inference_scaling sgl_baseline.py) prompts with the raw MATH problem and
@@ -26,6 +27,7 @@ ends where the policy begins to write "Step k+2".
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 _DEPTH = re.compile(r"\{depth(?:([+-])(\d+))?\}")
@@ -80,3 +82,13 @@ def step_ends(text: str) -> list[int]:
             ends.append(pos + len(stripped))
         pos += len(line) + 1
     return ends
+
+
+def split_steps(text: str, step_ends: Sequence[int]) -> list[str]:
+    """The steps as stripped strings: step i runs from the previous end to its end."""
+    steps = []
+    prev = 0
+    for end in step_ends:
+        steps.append(text[prev:end].strip())
+        prev = end
+    return steps

@@ -5,7 +5,7 @@ survive in it; no Python functions), so the DuckDB CLI (1.1 and later) can use i
 The tables the views read are written by pipeline.aggregate: `replay` (one row per
 problem and curve point), `models`, `analysis` (the headline protocol: one row),
 `strategies` (strategy -> family) and `held_out_problems` (the cross-fitted choices of
-pipeline.stats, one row per budget x problem).
+pipeline.analysis.stats, one row per budget x problem).
 
 Macros:
     point_label(model, prm, strategy, aggregation, n)
@@ -17,7 +17,7 @@ Macros:
                strategies, aggregations, n) problem by problem on their common problems:
                num_problems, accuracy_a, accuracy_b, diff (mean of a - b), diff_se,
                ci_low, ci_high (95%), p_value (two-sided). The SE counts each problem's
-               Monte Carlo SE (pipeline.stats, `mean_se`). Unknown labels give
+               Monte Carlo SE (pipeline.analysis.stats, `mean_se`). Unknown labels give
                num_problems = 0 and NULLs.
     compare_to(dataset, point_b)
                TABLE: `paired` of every point of the dataset (point_a) against point_b.
@@ -38,7 +38,7 @@ Views:
                aggregation, n): accuracy (mean over problems), accuracy_se (standard error
                across problems), output_tokens and prompt_tokens (means per problem),
                flops_paper and flops_full (means per problem, the two conventions of
-               pipeline.flops), num_problems, and `oracle` (true for coverage / pass@n,
+               pipeline.core.flops), num_problems, and `oracle` (true for coverage / pass@n,
                which needs the reference answer to pick a sample and so is an upper
                bound, not a strategy one can run, and for the adaptive policy with oracle
                difficulty bins, ORACLE_STRATEGIES). Every aggregation is here.
@@ -61,7 +61,7 @@ Views:
                as accurate, and is strictly better in one of the two). Conventions
                (COST_CONVENTIONS): 'paper' and 'full' count FLOPs (device NULL: one front
                over every point); 'seconds' is the measured wall-clock seconds per problem
-               (pipeline.latency), a MEASURED convention: one front per device (`device`,
+               (pipeline.analysis.latency), a MEASURED convention: one front per device (`device`,
                the device the points' seconds were measured on), so seconds from different
                devices never compete; points with NULL seconds (not measured) and points
                whose seconds add up work on several devices ('mixed: ...') are in no
@@ -96,8 +96,8 @@ Views:
 
 from __future__ import annotations
 
-from pipeline.latency import MIXED, SEPARATOR
-from pipeline.stats import DECIMALS, Z95
+from pipeline.analysis.latency import MIXED, SEPARATOR
+from pipeline.analysis.stats import DECIMALS, Z95
 
 # Cost conventions: (name, per-problem cost column of `replay` / `accuracy_vs_flops`).
 # The front, compute_optimal, the cross-fitting and the adaptive allocation run once per
@@ -107,7 +107,7 @@ COST_CONVENTIONS: tuple[tuple[str, str], ...] = (
     ("full", "flops_full"),
     ("seconds", "seconds"),
 )
-# Conventions whose cost is measured on a device (pipeline.latency) rather than counted:
+# Conventions whose cost is measured on a device (pipeline.analysis.latency) rather than counted:
 # one front (and compute_optimal grid, and cross-fitted choice) per device, keyed by the
 # `device` column, so that seconds from different devices never compete; a point whose
 # own numbers come from several devices ("mixed: ..."), or whose cost is NULL (not
@@ -124,7 +124,7 @@ ADAPTIVE_FAMILY = FAMILIES[3]
 
 def adaptive_strategy(convention: str, *, oracle: bool = False) -> str:
     """The `replay` strategy of the difficulty-adaptive policy chosen for a cost
-    convention (pipeline.allocation): 'adaptive_paper', or with oracle difficulty bins
+    convention (pipeline.analysis.allocation): 'adaptive_paper', or with oracle difficulty bins
     'adaptive_oracle_paper'."""
     return f"adaptive_oracle_{convention}" if oracle else f"adaptive_{convention}"
 
@@ -186,10 +186,10 @@ MACROS = [
     "CREATE MACRO p_two_sided(z) AS erfc_approx(abs(z) / sqrt(2))",
     """CREATE MACRO p_value(diff, se) AS CASE WHEN se > 0 THEN p_two_sided(diff / se)
         WHEN diff = 0 THEN 1.0 WHEN diff IS NOT NULL THEN 0.0 END""",
-    # Var(mean) = var_samp(x) / n + sum(Monte Carlo variances) / n^2: see pipeline.stats.
+    # Var(mean) = var_samp(x) / n + sum(Monte Carlo variances) / n^2: see pipeline.analysis.stats.
     """CREATE MACRO mean_se(x, v) AS sqrt(coalesce(var_samp(x), 0) / nullif(count(x), 0)
         + sum(v) / nullif(count(x) * count(x), 0))""",
-    # A per-problem difference of two points, rounded (pipeline.stats.DECIMALS) so that
+    # A per-problem difference of two points, rounded (pipeline.analysis.stats.DECIMALS) so that
     # the same quantity computed two ways does not differ in its last bits.
     f"CREATE MACRO paired_diff(a, b) AS round(a - b, {DECIMALS})",
     """CREATE MACRO point_label(model, prm, strategy, aggregation, n) AS model || '/' || strategy

@@ -1,4 +1,4 @@
-"""Paper-style figures, drawn from the DuckDB views (pipeline.views) of the headline points.
+"""Paper-style figures, drawn from the DuckDB views (pipeline.analysis.views) of the headline points.
 
     accuracy_vs_flops       per dataset a block of panels: one per strategy family
                             (sampling-based voting, PRM-based selection, tree search,
@@ -11,7 +11,7 @@
                             bars, a star where the point beats the previous front point,
                             paired 95%) against the in-sample front (thin, dashed)
     accuracy_vs_seconds     the same against measured wall-clock seconds per problem (the
-                            `seconds` convention, pipeline.latency): a block per dataset x
+                            `seconds` convention, pipeline.analysis.latency): a block per dataset x
                             device, since seconds measured on different devices never share
                             a front; the device in every panel's title. Points without
                             measured seconds, or measured on several devices, are not drawn
@@ -20,10 +20,10 @@
                             policies have no such n and are left out)
     compute_optimal_size    per dataset: the compute-optimal model size against the budget
                             (log-log) with the fitted line log10 C = a log10 N + b and its
-                            bootstrap 95% band (problems resampled, pipeline.stats), beside
+                            bootstrap 95% band (problems resampled, pipeline.analysis.stats), beside
                             the paper's log10 C = 1.19 log10 N + 2.03 (Wu et al., Pythia on
                             GSM8K); only meaningful with two or more model sizes
-    adaptive                the table `adaptive` (pipeline.allocation): held-out accuracy
+    adaptive                the table `adaptive` (pipeline.analysis.allocation): held-out accuracy
                             against the budget of the difficulty-adaptive policy, the best
                             fixed point, the fixed mixture and oracle-difficulty bins, with
                             95% bands, a panel per dataset x model x convention
@@ -46,15 +46,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import io
-from pipeline.stats import Z95, SizeFit, fit_loglog  # noqa: F401  (fit_loglog: the figures' fit)
-from pipeline.latency import MIXED
-from pipeline.views import (
+from pipeline.analysis.latency import MIXED
+from pipeline.analysis.stats import Z95, SizeFit, fit_loglog  # noqa: F401  (fit_loglog: the figures' fit)
+from pipeline.analysis.views import (
     ADAPTIVE_FAMILY,
     COST_CONVENTIONS,
     FAMILIES,
     ORACLE_STRATEGIES,
 )
+from pipeline.core import io
 
 LINE_KEYS = ["model", "prm", "strategy", "aggregation"]
 PAPER_FIT = (1.19, 2.03)  # log10 C = 1.19 log10 N + 2.03 (Wu et al., Section 4)
@@ -338,7 +338,7 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
 def accuracy_vs_seconds(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.DataFrame | None,
                         out: str | Path, *, convention: str = "seconds") -> None:
     """`accuracy_vs_flops` against measured seconds per problem (a MEASURED convention of
-    pipeline.views): one block per dataset x device, titled '<dataset>, seconds on
+    pipeline.analysis.views): one block per dataset x device, titled '<dataset>, seconds on
     <device>', with that device's front (`pareto`, `held_out` rows of the convention and
     device). Headline points without measured seconds, or whose seconds come from several
     devices, are left out (they are in no seconds front; summary.md counts them)."""
@@ -403,7 +403,7 @@ def compute_optimal_size(optimal: pl.DataFrame, models: pl.DataFrame, out: str |
                          ) -> dict[str, tuple[float, float] | None]:
     """The compute-optimal model size (params of the `compute_optimal` view's best model)
     against the budget, log-log, a panel per dataset, with the fitted line (and, given
-    `fits` from pipeline.stats.bootstrap_size_fit, its bootstrap 95% band and intervals)
+    `fits` from pipeline.analysis.stats.bootstrap_size_fit, its bootstrap 95% band and intervals)
     and the paper's. Returns the fit (a, b) per dataset (None where fewer than two sizes
     win)."""
     plt = _plt()
@@ -466,7 +466,7 @@ ADAPTIVE_STYLES = {  # line of the adaptive figure: label, colour, line style, m
 
 
 def adaptive(table: pl.DataFrame, out: str | Path) -> None:
-    """The `adaptive` table (pipeline.allocation): held-out accuracy (95% bands) against
+    """The `adaptive` table (pipeline.analysis.allocation): held-out accuracy (95% bands) against
     the budget (mean FLOPs per problem, the constraint the choices meet on the training
     folds) of the adaptive policy, the best fixed point, the fixed mixture and the
     oracle-difficulty policy, so that vertical gaps are the table's paired comparisons. A

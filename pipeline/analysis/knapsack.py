@@ -9,7 +9,7 @@ budget at once (`choose`). Ties: with equal cost the higher value; with values e
 within 1e-12 the lower cost; with both equal the lexicographically first tuple of item
 indices (items are numbered in the caller's tie-break order).
 
-In pipeline.allocation the groups are difficulty bins, the items the candidate points,
+In pipeline.analysis.allocation the groups are difficulty bins, the items the candidate points,
 values and costs the bins' shares of training-problem accuracy and cost.
 """
 

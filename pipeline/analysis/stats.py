@@ -34,16 +34,15 @@ so each budget gets one held-out accuracy per problem, summarised like any accur
 held-out accuracy of the choice is unbiased, whereas the in-sample maximum of many noisy
 candidates is biased upwards (tests/test_stats.py simulates both).
 
-Also: the minimum detectable paired difference (`mde`), a bootstrap over problems of
-the compute-optimal model-size fit (`bootstrap_size_fit`), and the ROC AUC of scores
-against labels (`auc`; the PRM quality of pipeline.prm_quality and the value head's).
+Also: the minimum detectable paired difference (`mde`) and a bootstrap over problems of
+the compute-optimal model-size fit (`bootstrap_size_fit`). The ROC AUC of scores against
+labels is pipeline/core/auc.py's (the PRM quality's and the value head's).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -155,27 +154,6 @@ def mde(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
 
 
 # --------------------------------------------------------------------------- ranking
-
-
-def auc(scores: Sequence[float], labels: Sequence[bool | int | float]) -> float | None:
-    """ROC AUC (Mann-Whitney, ties half): P(a positive outscores a negative); None when a
-    class is empty. Labels above 0.5 are positive (0/1, booleans, or soft labels)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64) > 0.5
-    if s.shape != y.shape:
-        raise ValueError(f"auc: {s.size} scores for {y.size} labels")
-    if not np.isfinite(s).all():
-        raise ValueError("auc: scores must be finite")
-    pos = int(y.sum())
-    neg = y.size - pos
-    if pos == 0 or neg == 0:
-        return None
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    # average 1-based rank of each distinct value: ties share the mean of their ranks
-    ends = np.cumsum(counts)
-    avg_rank = ends - (counts - 1) / 2.0
-    rank_sum = avg_rank[inverse][y].sum()
-    return float((rank_sum - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
 # --------------------------------------------------------------------------- folds

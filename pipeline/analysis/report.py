@@ -1,8 +1,8 @@
-"""What the report shows, in words and tables, drawn from the database (pipeline.views).
+"""What the report shows, in words and tables, drawn from the database (pipeline.analysis.views).
 
     results/summary.md         a short Markdown summary: the protocol (headline step
                                aggregations, folds), per dataset the paper's claims tested
-                               on this run (pipeline.claims) with the minimum detectable
+                               on this run (pipeline.analysis.claims) with the minimum detectable
                                difference, the best accuracy of every headline line with
                                its 95% interval, the Pareto front (in-sample and held-out
                                accuracy, each point's paired gain over the previous one)
@@ -33,8 +33,10 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io, prm_quality
-from pipeline.views import COST_CONVENTIONS
+from pipeline.analysis import prm_quality
+from pipeline.analysis.views import COST_CONVENTIONS
+from pipeline.core import io
+
 
 def _fmt(v) -> str:
     if v is None:
@@ -90,13 +92,13 @@ NOTES = {
     "of the same choice made on K-1 folds and scored on the K-th.",
     "claims": "The paper's qualitative claims tested on this run: paired differences (positive = "
     "as claimed), 95% intervals, two-sided p-values, the minimum detectable difference at 80% "
-    "power, and a verdict (definitions: pipeline/claims.py).",
+    "power, and a verdict (definitions: pipeline/analysis/claims.py).",
     "adaptive": "Difficulty-adaptive allocation per dataset, model, difficulty source (predicted "
     "from a probe of k samples; oracle: pass@1 from the reference answers), FLOPs convention and "
     "budget: held-out accuracy (choices made on the other folds) with its SE and mean FLOPs, the "
     "in-sample choices per difficulty bin (bin1 the easiest), the best fixed point and fixed mixture "
     "chosen the same way, the paired differences with 95% intervals, and the FLOPs saving at the "
-    "best fixed point's held-out accuracy with its 95% bootstrap interval (pipeline/allocation.py).",
+    "best fixed point's held-out accuracy with its 95% bootstrap interval (pipeline/analysis/allocation.py).",
 }
 TABLE_VIEWS = tuple(NOTES)
 
@@ -135,14 +137,14 @@ def _pm(value: str, se: str) -> pl.Expr:
 
 def claims_markdown(claims: pl.DataFrame, power: pl.DataFrame | None = None) -> list[str]:
     """The claim table of one dataset and the power line(s)."""
-    from pipeline.claims import CLAIMS
+    from pipeline.analysis.claims import CLAIMS
 
     out = ["### The paper's claims, tested on this run", "",
            "Paired differences over the problems, oriented so that positive is what the paper "
            "claims; 95% intervals; verdict: supported (interval above 0), refuted (below 0), "
            "otherwise inconclusive at this number of problems (per line, not corrected for the "
            "number of lines). MDE: the smallest true difference that line's test detects with 80% "
-           "power (two-sided 5%). Definitions: `pipeline/claims.py`.", ""]
+           "power (two-sided 5%). Definitions: `pipeline/analysis/claims.py`.", ""]
     t = claims.with_columns(
         claim=pl.col("claim").replace_strict(CLAIMS, default=pl.col("claim")),
         ci=_ci("ci_low", "ci_high"),
@@ -165,7 +167,7 @@ def claims_markdown(claims: pl.DataFrame, power: pl.DataFrame | None = None) -> 
 def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
                      models: pl.DataFrame | None = None) -> str:
     """The Markdown summary (paper FLOPs convention). `views` as aggregate.read_views
-    returns them; `fits` per dataset a pipeline.stats.SizeFit (or an (a, b) pair) or None."""
+    returns them; `fits` per dataset a pipeline.analysis.stats.SizeFit (or an (a, b) pair) or None."""
     points = views.get("points", views.get("accuracy_vs_flops"))
     front, optimal = views["pareto"], views["compute_optimal"]
     claims, power = views.get("claims"), views.get("power")
@@ -278,7 +280,7 @@ def latency_section(points: pl.DataFrame, front: pl.DataFrame, *, convention: st
     """Measured latency of one dataset: seconds per problem beside FLOPs at the largest n
     of every headline runnable line, the device(s), the `pareto` front of `convention`
     (one per device) and the points that front leaves out (unmeasured, mixed devices)."""
-    from pipeline.latency import MIXED
+    from pipeline.analysis.latency import MIXED
 
     if "seconds" not in points.columns or points.is_empty():
         return []
@@ -288,13 +290,13 @@ def latency_section(points: pl.DataFrame, front: pl.DataFrame, *, convention: st
     measured = c.filter(pl.col("seconds").is_not_null())
     if measured.is_empty():
         return out + ["No point has measured seconds: its outputs were written before timing was "
-                      "recorded (regenerating them measures them; `pipeline/latency.py`).", ""]
+                      "recorded (regenerating them measures them; `pipeline/analysis/latency.py`).", ""]
     devices = measured["device"].drop_nulls().unique().sort().to_list()
     single = [d for d in devices if not d.startswith(MIXED)]
     out += ["Wall-clock seconds per problem of the work (model load apart: `load_s`, once per job) on "
             "the device the stages ran on: sampling strategies at n of N cached samples are charged n/N "
             "of their cache's generation time (plus its scoring time for PRM strategies), tree search "
-            "its job's time (`pipeline/latency.py`; `accuracy_vs_flops.seconds`, `.device`). Measured on: "
+            "its job's time (`pipeline/analysis/latency.py`; `accuracy_vs_flops.seconds`, `.device`). Measured on: "
             + "; ".join(f"**{d}**" for d in devices) + ".", ""]
     t = (c.with_columns(line=_line()).sort("n").group_by("line", maintain_order=True).last()
          .with_columns(per_tflop=pl.col("seconds") / (pl.col("flops_paper") / 1e12))
@@ -319,7 +321,7 @@ def latency_section(points: pl.DataFrame, front: pl.DataFrame, *, convention: st
         out += [f"### Pareto front (seconds on {device})", "", markdown_table(d), ""]
     unmeasured = c.filter(pl.col("seconds").is_null()).height
     # the difficulty-adaptive policies are chosen in FLOPs: their seconds are their chosen
-    # points' (pipeline.point_grid), with no one device
+    # points' (pipeline.analysis.point_grid), with no one device
     adaptive = measured.filter(pl.col("device").is_null()).height
     mixed = measured.filter(pl.col("device").str.starts_with(MIXED)).height
     if unmeasured or mixed or adaptive or len(single) > 1:
@@ -344,7 +346,7 @@ def _x(v: float) -> str:
 
 
 def adaptive_lines(adaptive: pl.DataFrame, *, convention: str = "paper") -> list[str]:
-    """One Markdown line per dataset x model from the `adaptive` table (pipeline.allocation):
+    """One Markdown line per dataset x model from the `adaptive` table (pipeline.analysis.allocation):
     the FLOPs the adaptive policy saves at the best fixed strategy's held-out accuracy
     (the target of the largest budget), with its bootstrap interval, or its absence; the
     paired differences at equal budgets; and the oracle-difficulty variant."""

@@ -23,7 +23,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from pipeline import io
+from pipeline.core import io
 
 # name -> (PyPI package holding the GGUF, distribution name, GGUF file name)
 EMBEDDED: dict[str, tuple[str, str, str]] = {

@@ -5,7 +5,7 @@
     outcome     every step gets the sample's final correctness (the grades); no step
                 information, the baseline (default)
     arith-check (arith problems only) each step's arithmetic is checked exactly against
-                the problem's reference computation (pipeline/arith_check.py); no job
+                the problem's reference computation (pipeline/tasks/arith_check.py); no job
     rollouts    Math-Shepherd style (Wang et al. 2024): from every step prefix, k
                 completions by the policy; a step is good if one reaches the reference
                 answer (pipeline/rollouts.py); any dataset, costs a vLLM job (the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline import arith_check, rollouts
+from pipeline.tasks import arith_check
 
 SUPERVISIONS = ("outcome", "rollouts", "arith-check")
 
@@ -57,6 +57,45 @@ def training_labels(spec: dict, samples: pl.DataFrame, problems: pl.DataFrame,
     if sup == "rollouts":
         if rollouts_file is None:
             raise ValueError("supervision rollouts: the training job got no rollouts file (--rollouts)")
-        return rollouts.step_labels_from_rollouts(samples, pl.read_parquet(rollouts_file),
-                                                  label=rollouts.settings_of(spec)["label"], where=rollouts_file)
+        return step_labels_from_rollouts(samples, pl.read_parquet(rollouts_file),
+                                                  label=settings_of(spec)["label"], where=rollouts_file)
     raise ValueError(f"unknown supervision {sup!r}; known: {SUPERVISIONS}")
+
+
+# --------------------------------------------------------------------------- rollouts supervision
+# Settings of `train.rollouts` (the rollouts stage, pipeline/rollouts.py, writes the
+# continuations; here they become step targets).
+
+DEFAULTS = {"k": 4, "max_tokens": 96, "temperature": 0.7, "top_p": 0.95, "label": "hard"}
+# What the rollouts depend on besides the training cache (the rollout cache key); the
+# label choice (hard / soft) only changes how training reads them.
+KEY_SETTINGS = ("k", "max_tokens", "temperature", "top_p")
+
+
+def settings_of(spec: dict) -> dict:
+    """A value-head entry's rollout settings with DEFAULTS filled in."""
+    return {**DEFAULTS, **spec.get("train", {}).get("rollouts", {})}
+
+
+def step_labels_from_rollouts(samples: pl.DataFrame, rollouts: pl.DataFrame, *, label: str = "hard",
+                              where: str = "rollouts") -> list[list[float]]:
+    """One target per step of every row of `samples`: hard (1 if any completion reached
+    the reference answer) or soft (the share that did)."""
+    if label not in ("hard", "soft"):
+        raise ValueError(f"rollouts label must be hard or soft, got {label!r}")
+    est = {
+        (pid, idx, step): (reached / k if label == "soft" else float(reached > 0))
+        for pid, idx, step, k, reached in rollouts.select("problem_id", "sample_idx", "step", "k", "reached").iter_rows()
+    }
+    out = []
+    for pid, idx, ends in samples.select("problem_id", "sample_idx", "step_ends").iter_rows():
+        row = []
+        for step in range(len(ends)):
+            if (pid, idx, step) not in est:
+                raise ValueError(
+                    f"{where}: no rollout for problem {pid!r} sample {idx} step {step} (rollouts made from "
+                    "other training samples? delete the rollouts folder to redo them)"
+                )
+            row.append(est[(pid, idx, step)])
+        out.append(row)
+    return out

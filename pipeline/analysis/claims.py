@@ -1,6 +1,6 @@
 """The paper's qualitative claims (Wu et al., Inference Scaling Laws), tested on the run at hand.
 
-Every test is a paired difference over the dataset's problems (pipeline.stats: each
+Every test is a paired difference over the dataset's problems (pipeline.analysis.stats: each
 problem's Monte Carlo SE counted), oriented so that a positive difference is what the
 claim says, on the headline points only (strategies without a PRM, and PRM strategies
 under the `analysis.aggregations`; FLOPs in the paper convention). Verdict: "supported"
@@ -8,7 +8,7 @@ when the 95% interval lies above 0, "refuted" when it lies below 0, otherwise
 "inconclusive at <n> problems"; "not testable" (with the reason) when the run lacks what
 the test needs. Verdicts are per line at 95%, not corrected for the number of lines.
 Each line also gives `mde`, the smallest true difference its test detects with 80%
-power at two-sided 5% (pipeline.stats.mde with that line's own sd of the differences).
+power at two-sided 5% (pipeline.analysis.stats.mde with that line's own sd of the differences).
 
 saturation  "Voting saturates as n grows." Per model, for majority voting and for weighted
             majority voting (each PRM and headline aggregation), on the replay's grid of
@@ -39,7 +39,7 @@ small_model_optimal
             S < L (params_total): the budget B is the FLOPs of L's cheapest point P_L
             (the smallest budget at which L runs at all); S's best point within B is
             chosen on the other folds and scored on each held-out fold
-            (pipeline.stats.crossfit over S's points, the `folds` split), so the choice
+            (pipeline.analysis.stats.crossfit over S's points, the `folds` split), so the choice
             is not rewarded for noise: d_i = S_choice_i - P_L_i. Positive: the smaller
             model with its best strategy beats the larger one at that budget.
 
@@ -55,7 +55,7 @@ import math
 import numpy as np
 import polars as pl
 
-from pipeline import stats
+from pipeline.analysis import stats
 
 CLAIMS = {
     "saturation": "Voting saturates as n grows",

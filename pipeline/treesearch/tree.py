@@ -65,7 +65,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline import grading, prompts
+from pipeline.core import prompts
+from pipeline.tasks import answers
 
 ALGORITHMS = ("rebase", "beam", "mcts")
 
@@ -183,7 +184,7 @@ class Node:
     @property
     def answered(self) -> bool:
         """Whether the last step holds a final answer (an earlier one would have ended the node)."""
-        return bool(self.steps) and grading.extract_answer(self.steps[-1]) is not None
+        return bool(self.steps) and answers.extract_answer(self.steps[-1]) is not None
 
     @property
     def score(self) -> float:
@@ -310,7 +311,7 @@ class Searcher:
             child.scores.append(math.nan)  # filled by _score
         if ended or not text.strip():
             child.end = "eos" if step.end == "eos" else "stop"
-        elif grading.extract_answer(text) is not None:
+        elif answers.extract_answer(text) is not None:
             child.end = "answer"
         elif child.depth >= self.limits.max_depth:
             child.end = "max_depth"

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import datasets, generate, models, tree
+from pipeline import generate
+from pipeline.engine import models
+from pipeline.tasks import datasets
+from pipeline.treesearch import tree
 
 SHARD_DEFAULTS = {"problems": 64, "samples": 8}
 
@@ -171,13 +174,13 @@ def rollouts(config: dict, planned: list[Cache]) -> list[Rollouts]:
     """Rollouts for every value head with `supervision: rollouts` x model. The key hashes
     the training cache's key and the rollout settings that change the completions (not
     the hard/soft choice, which only training reads): a changed setting is a new folder."""
-    from pipeline import labels, rollouts as rollout_labels
+    from pipeline.prm import labels
 
     out: list[Rollouts] = []
     for prm, spec in trained_prms(config).items():
         if labels.supervision_of(spec) != "rollouts":
             continue
-        settings = {k: rollout_labels.settings_of(spec)[k] for k in rollout_labels.KEY_SETTINGS}
+        settings = {k: labels.settings_of(spec)[k] for k in labels.KEY_SETTINGS}
         for model in config["models"]:
             train = find(planned, dataset=f"{prm}-train", model=model, kind="train")
             key = hashlib.sha256(json.dumps({"train_key": train.key, **settings}, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,5 +1,5 @@
 """PRM strategies replayed over the cached samples, as exact expectations (or seeded
-Monte Carlo with its standard error), beside pipeline.replay's voting strategies.
+Monte Carlo with its standard error), beside pipeline.strategies.voting's voting strategies.
 
 Each sample's step scores (a PRM's, from the score stage) are aggregated into one score
 per sample by `aggregate_steps` (min, last, prod or mean of the steps), then:
@@ -12,8 +12,8 @@ per sample by `aggregate_steps` (min, last, prod or mean of the steps), then:
                        Monte Carlo over random permutations with its standard error.
 
 `replay_prm` gives one REPLAY_PRM row per problem x strategy x aggregation x n, with
-tokens and FLOPs as in `pipeline.replay.replay` (plus the PRM's reading in flops_full).
-`python -m pipeline.replay --prm ...` (pipeline.replay.main) is the stage's entry point.
+tokens and FLOPs as in `pipeline.strategies.voting.replay` (plus the PRM's reading in flops_full).
+`python -m pipeline.replay --prm ...` (pipeline/replay.py) is the stage that runs it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,14 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 
-from pipeline import schemas
-from pipeline.progress import progress
-from pipeline.replay import _attach_tokens, _check_unique, _checked_grades, _class_structure
+from pipeline.core import schemas
+from pipeline.core.progress import progress
+from pipeline.strategies.shared import (
+    attach_tokens,
+    check_unique,
+    checked_grades,
+    class_structure,
+)
 
 AGGREGATIONS = ("min", "last", "prod", "mean")
 
@@ -391,7 +396,7 @@ def replay_prm(
     Tokens as in `replay`; flops_full also charges the PRM 2 * prm_params per token it
     reads (n times the problem's mean prm_tokens; none when prm_tokens is None).
     """
-    from pipeline import flops  # imported at call time, as in replay()
+    from pipeline.core import flops  # imported at call time, as in replay()
 
     aggregations = tuple(aggregations)
     unknown = [a for a in aggregations if a not in AGGREGATIONS]
@@ -403,13 +408,13 @@ def replay_prm(
         raise ValueError(f"replay_prm: need num_draws >= 2, got {num_draws}")
     num_draws = int(num_draws)
 
-    g, order, num_samples, ns = _checked_grades(grades, ns, "replay_prm")
+    g, order, num_samples, ns = checked_grades(grades, ns, "replay_prm")
     st = schemas.conform(
         step_scores,
         {"problem_id": pl.String, "sample_idx": pl.Int32, "scores": pl.List(pl.Float64)},
         "replay_prm step_scores",
     )
-    _check_unique(st, ["problem_id", "sample_idx"], "step_scores")
+    check_unique(st, ["problem_id", "sample_idx"], "step_scores")
 
     keys = g.select("problem_id", "sample_idx")
     _anti_check(keys, st, "replay_prm: no step scores for problem {pid!r} sample {idx} ({count} missing)")
@@ -423,7 +428,7 @@ def replay_prm(
             {"problem_id": pl.String, "sample_idx": pl.Int32, "prm_tokens": pl.Float64},
             "replay_prm prm_tokens",
         )
-        _check_unique(pt, ["problem_id", "sample_idx"], "prm_tokens")
+        check_unique(pt, ["problem_id", "sample_idx"], "prm_tokens")
         _anti_check(keys, pt, "replay_prm: no prm_tokens for problem {pid!r} sample {idx} ({count} missing)")
         _anti_check(
             pt.select("problem_id", "sample_idx"), keys,
@@ -438,12 +443,12 @@ def replay_prm(
         prm_mean = {}
 
     mean_tok = (
-        _attach_tokens(keys, tokens, "sampled")
+        attach_tokens(keys, tokens, "sampled")
         .group_by("problem_id")
         .agg(pl.col("output_tokens").mean(), pl.col("prompt_tokens").mean())
     )
     mean_tok = {pid: (out_t, prm_t) for pid, out_t, prm_t in mean_tok.iter_rows()}
-    _class_structure(g)  # correctness all-or-none per answer class, never when unanswered
+    class_structure(g)  # correctness all-or-none per answer class, never when unanswered
 
     # one row per (problem, sample), problems in order of first appearance, samples by index
     rank = pl.DataFrame({"problem_id": order, "_rank": np.arange(len(order), dtype=np.int64)})

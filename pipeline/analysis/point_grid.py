@@ -1,9 +1,9 @@
 """The candidate points of one dataset x model for a difficulty-adaptive policy, as
 matrices over problems x points, and what each point costs a policy that first drew a
-probe (pipeline.allocation).
+probe (pipeline.analysis.allocation).
 
 Points (`point_grid`): every (strategy, prm, aggregation, n) of the `replay` table that
-is neither an oracle nor an adaptive policy itself (pipeline.views.ORACLE_STRATEGIES,
+is neither an oracle nor an adaptive policy itself (pipeline.analysis.views.ORACLE_STRATEGIES,
 ADAPTIVE_STRATEGIES) and has one row for every graded problem, with the step
 aggregations limited to `aggregations` (the headline `analysis.aggregations`; None:
 all). Tie-break order: prm (none first), strategy, aggregation (none first), n. Label
@@ -11,13 +11,13 @@ within a model (`choice_label`): 'majority@4', 'best_of_n@8 [value-head, last]',
 'rebase_majority@4 [value-head]', 'greedy'.
 
 Cost (`cost_matrix`), in every cost column of the grid: each convention's
-(pipeline.views.FLOPS_CONVENTIONS: "paper" = flops_paper, "full" = flops_full) and,
+(pipeline.analysis.views.FLOPS_CONVENTIONS: "paper" = flops_paper, "full" = flops_full) and,
 carried the same way, the token columns. A *sampling* point (majority, best_of_n,
 weighted_majority at n) reuses the k probe samples: it costs max(n, k) samples' worth of
 the policy (per-sample cost = the problem's majority cost at n, divided by n: replay
 costs are linear in n) plus its PRM scoring; the probe's PRM scores are charged once
 (nothing in the paper convention) and a point using the probe's PRM does not pay for
-them again. Measured seconds (pipeline.latency) are carried the same way, so an adaptive
+them again. Measured seconds (pipeline.analysis.latency) are carried the same way, so an adaptive
 policy chosen in FLOPs also has its measured seconds per problem (NaN where a point has
 none). Any other point (greedy decoding; tree search, "<search>_<rule>" with n = its
 budget) is a run of its own: probe + its replay cost. (A fixed strategy pays no probe:
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipeline import views
+from pipeline.analysis import views
 
 # Strategies that vote over the sampled cache, so can reuse the probe's samples; every
 # other non-oracle strategy (greedy, tree search) is a run of its own.
@@ -42,7 +42,7 @@ SAMPLING_STRATEGIES = ("majority", "best_of_n", "weighted_majority")
 CONVENTIONS = dict(views.FLOPS_CONVENTIONS)  # views.ADAPTIVE_STRATEGIES says why
 TOKEN_COLUMNS = ("output_tokens", "prompt_tokens")  # carried like costs (linear in n too)
 # Carried like costs too, never allocated over: measured seconds per problem (n/N of the
-# cache's work for sampling points, so linear in n as well; pipeline.latency).
+# cache's work for sampling points, so linear in n as well; pipeline.analysis.latency).
 CARRIED_COLUMNS = (*TOKEN_COLUMNS, "seconds")
 
 

@@ -11,7 +11,7 @@ For a set of scored samples (one score per step) and their grades:
                         N samples needs; pooled AUC also rewards telling easy problems
                         from hard ones); problems_within counts them
     auc_step            each step's score vs its step label (on arith problems the
-                        arith-check labels of pipeline.arith_check; NULL elsewhere)
+                        arith-check labels of pipeline.tasks.arith_check; NULL elsewhere)
     auc_mean_logprob    the baseline: the policy's mean token log-probability of the
                         sample (cumulative_logprob / output_tokens) vs correctness, on the
                         same samples
@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import polars as pl
 
-from pipeline.stats import auc
+from pipeline.core.auc import auc
 
 BOOTSTRAP = 200
 
@@ -156,7 +156,7 @@ def prm_quality(tables: dict[str, pl.DataFrame], manifest: dict) -> pl.DataFrame
     `problems` tables (and, from the manifest, the sampled caches' shards for the step
     texts on arith problems and the value heads' value_head.json for their held-out
     AUCs); None when nothing was scored."""
-    from pipeline import arith_check
+    from pipeline.tasks import arith_check
 
     if "scores" not in tables or tables["scores"].height == 0:
         return None

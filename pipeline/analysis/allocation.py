@@ -2,22 +2,22 @@
 
 A fixed strategy spends one point (strategy, prm, aggregation, n) on every problem. The
 adaptive policy first draws a probe of k samples per problem, predicts the problem's
-difficulty from it without the reference answer (pipeline.difficulty), puts the problem
+difficulty from it without the reference answer (pipeline.analysis.difficulty), puts the problem
 into a difficulty bin and spends that bin's point. For a mean-cost budget per problem the
 bins' points are chosen to maximise expected accuracy (Snell et al., arXiv 2408.03314),
-by an exact multiple-choice knapsack (pipeline.knapsack). All of it replays what the
+by an exact multiple-choice knapsack (pipeline.analysis.knapsack). All of it replays what the
 workflow cached: grades, PRM step scores and the per-problem `replay` rows (tree search
 included); no model runs, CPU only. The aggregate job runs it (`database_tables`) with
 the config's `analysis.adaptive` settings (DEFAULTS where missing).
 
-Points and their cost to the adaptive policy (pipeline.point_grid): every non-oracle
+Points and their cost to the adaptive policy (pipeline.analysis.point_grid): every non-oracle
 point of `replay` with a row for every graded problem (the headline aggregations); a
 voting or best-of-n point reuses the probe's k samples (max(n, k) samples, the probe's
 PRM scores charged once), any other point (greedy, tree search) pays probe + its own
 run. The fixed policy pays no probe.
 
 Accuracy: the fixed policy uses replay's accuracies. The adaptive policy scores sampling
-points *given the probe* (pipeline.difficulty.conditional_accuracy: the probe plus random
+points *given the probe* (pipeline.analysis.difficulty.conditional_accuracy: the probe plus random
 fresh samples from the rest of the cache), since its bins are functions of the probe;
 greedy and tree-search runs are independent of the probe given the problem, so their
 replay accuracy stands. (`conditional=False` uses replay's unconditional accuracies
@@ -31,13 +31,13 @@ is a reference, not a guaranteed upper bound: it knows the problem's difficulty 
 but not how this probe's own samples came out, which the predicted bins see (and which
 decides what reusing them is worth).
 
-Choosing and scoring (pipeline.policies): per budget the bins' points are fitted on
+Choosing and scoring (pipeline.analysis.policies): per budget the bins' points are fitted on
 the training folds and scored on the held-out fold. Folds: the `folds` table of the
-analysis (pipeline.stats.folds_table from `analysis.folds` and `analysis.seed`), the
+analysis (pipeline.analysis.stats.folds_table from `analysis.folds` and `analysis.seed`), the
 same split every held-out choice of the views uses. The comparisons are the best fixed
 point and the best fixed mixture within the same budget, chosen the same way; held-out
-means and their SEs by pipeline.stats.mean_se, paired differences by
-pipeline.stats.paired (95% normal intervals); the FLOPs the adaptive policy saves at the
+means and their SEs by pipeline.analysis.stats.mean_se, paired differences by
+pipeline.analysis.stats.paired (95% normal intervals); the FLOPs the adaptive policy saves at the
 best fixed point's held-out accuracy, with a bootstrap interval (`analysis.bootstrap`
 resamples of the problems). A dataset with fewer than 2 folds is left out (note on
 stderr).
@@ -70,14 +70,14 @@ held-out accuracy. Budgets whose held-out choices equal a cheaper budget's give 
 point. Each convention's policy is chosen for that convention's budget, and its rows
 carry its real costs in every convention, so it enters every convention's front like
 any other point (the paper-chosen policy with its full costs in the full front too).
-The views' held-out choices (`held_out_problems`, pipeline.stats.crossfit over every
+The views' held-out choices (`held_out_problems`, pipeline.analysis.stats.crossfit over every
 headline non-oracle point) treat an adaptive point like any other candidate. Strictly,
 a fold's choice between it and a fixed point then reads held-out values that the other
 folds' policies fitted with this fold's problems among their training problems: a
 second-order leak that nested cross-fitting would remove. The paper's claims (table
 `claims`) are tested on the fixed strategies only.
 
-Run on a finished database: `python -m pipeline.allocation --db results/inference.duckdb
+Run on a finished database: `python -m pipeline.analysis.allocation --db results/inference.duckdb
 [--plot out.png]` (settings from its `analysis` table unless given).
 """
 
@@ -93,15 +93,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import stats, views
-from pipeline.difficulty import (
+from pipeline.analysis import stats, views
+from pipeline.analysis.difficulty import (
     conditional_accuracy,
     fit_difficulty,
     probe_features,
     sample_arrays,
 )
-from pipeline.point_grid import CARRIED_COLUMNS, CONVENTIONS, cost_matrix, point_grid
-from pipeline.policies import (
+from pipeline.analysis.point_grid import (
+    CARRIED_COLUMNS,
+    CONVENTIONS,
+    cost_matrix,
+    point_grid,
+)
+from pipeline.analysis.policies import (
     CrossFit,
     Difficulty,
     cross_fit,
@@ -252,7 +257,7 @@ def allocate(tables: Mapping[str, pl.DataFrame], *, folds: pl.DataFrame | None =
     database: replay, grades, and scores when there is a PRM).
 
     folds: (dataset, problem_id, fold), the analysis' `folds` table; None: made by
-    pipeline.stats.folds_table with `num_folds` and `seed`. probe_prm: the PRM the probe
+    pipeline.analysis.stats.folds_table with `num_folds` and `seed`. probe_prm: the PRM the probe
     reads (None: the first by name that scored this model's samples; none at all: the
     probe uses answer agreement alone). aggregations: the points' step aggregations
     (None: all). conditional: score sampling points given the probe (see the module
@@ -385,7 +390,7 @@ def _frame(parts: list[pl.DataFrame], schema: Mapping) -> pl.DataFrame:
 def _compare(cf: CrossFit, cf_se: np.ndarray, fixed: CrossFit, fixed_se: np.ndarray, mix: tuple, t: int,
              labels: Sequence[str]) -> dict:
     """The summary columns of budget t: the adaptive policy, the fixed point and mixture
-    (pipeline.stats: means with their SE, paired differences)."""
+    (pipeline.analysis.stats: means with their SE, paired differences)."""
     mix_acc, mix_cost, _, mix_se = mix
     acc, acc_se = stats.mean_se(cf.accuracy[t], cf_se)
     f_acc, f_se = stats.mean_se(fixed.accuracy[t], fixed_se)
@@ -473,7 +478,7 @@ def read_tables(db: str | Path) -> dict[str, pl.DataFrame]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline import figures, report
+    from pipeline.analysis import figures, report
 
     ap = argparse.ArgumentParser(description="difficulty-adaptive compute-optimal allocation, replayed from a "
                                              "results database (prints the table and summary lines); settings "

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline import schemas
+from pipeline.core import schemas
 
 SOURCES = ("arith", "gsm8k", "math500", "jsonl")
 SPLITS = ("train", "test")

@@ -1,0 +1,1 @@
+"""The policy model: its sources and parameter counts, and the vLLM engine that runs it."""

@@ -1,0 +1,2 @@
+"""Exact replays of the sampling strategies over a sample cache: voting (majority,
+coverage, greedy) and PRM selection (best-of-N, weighted majority voting)."""

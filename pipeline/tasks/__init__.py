@@ -1,0 +1,1 @@
+"""Problems and how answers are checked: datasets, answer grading, the arithmetic step checker."""

@@ -1,0 +1,1 @@
+"""What the Snakefile reads when it parses the workflow: the plan and config overrides."""
