@@ -35,7 +35,8 @@ Tables:
                not per problem) and device; NULL where an output was written unmeasured.
     timings    one row per model-stage output (sample, score and search shards, value
                heads): stage, dataset, model, kind, prm, search, key, budget, file,
-               problems, samples, prompt/output/prm tokens, load_s, work_s, device, engine
+               problems, samples, prompt/output/prm tokens, load_s, work_s, device, engine,
+               dtype (the PRM's precision)
                (pipeline/analysis/latency.py; NULL seconds: written before timing was recorded)
     prm_quality  one row per dataset x model x PRM: AUCs of the PRM's scores on the
                evaluation samples (last step vs correct, within problems, steps vs

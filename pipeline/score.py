@@ -24,8 +24,10 @@ Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row pe
     prm          str            PRM name in config
     prm_params   int64          parameters of the PRM's forward pass (FLOPs)
 Each score shard carries its timing record (`pipeline.core.timing`: PRM load and scoring
-seconds, tokens read, device) as Parquet metadata; a fitted value head keeps its own in
-value_head.json under `training.timing`.
+seconds, tokens read, device, the PRM's dtype) as Parquet metadata; a fitted value head
+keeps its own in value_head.json under `training.timing`. The PRM computes in its entry's
+dtype, float32 when unset (pipeline.prm.precision; a score folder begun under the old
+per-device default keeps the dtype its shards record).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import polars as pl
 
 from pipeline.core import io, timing
 from pipeline.engine import models
-from pipeline.prm import labels
+from pipeline.prm import labels, precision
 from pipeline.prm.loading import LOAD_OPTIONS, open_prm
 from pipeline.tasks import arith_check
 
@@ -140,7 +142,7 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
     ids = data["problem_id"].unique(maintain_order=True).to_list()
     held = set(ids[::5])
     fit, test = data.filter(~pl.col("problem_id").is_in(held)), data.filter(pl.col("problem_id").is_in(held))
-    options = dict(spec.get("options", {}))
+    options = {**spec.get("options", {}), "dtype": precision.resolve(spec)}
     train_cfg = spec.get("train", {})
 
     def args(df):
@@ -176,7 +178,8 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
         head.training["rollouts"] = labels.settings_of(spec)
     head.training["heldout"] = heldout
     head.training["timing"] = timing.record(
-        watch, device=timing.describe_device(policy.device), problems=len(ids), samples=data.height,
+        watch, device=timing.describe_device(policy.device), dtype=options["dtype"], problems=len(ids),
+        samples=data.height,
         prm_tokens=head.training.get("tokens", 0) + sum(heldout_tokens),
     )
     # Saved under a temporary name and renamed: a killed job never leaves a head that
@@ -209,14 +212,18 @@ def main(argv: list[str] | None = None) -> None:
         train(spec=spec, policy_dir=policy_dir, problems=a.problems, shards=a.shards, grades=a.grades, out=a.out,
               rollouts_file=a.rollouts)
         return
+    # the entry's dtype, else the one the folder's finished shards were scored in (a
+    # cache begun under the old per-device default keeps it), else float32
+    dtype = precision.for_folder(spec, precision.folder_records(Path(a.out).parent, "*.parquet"))
     watch = timing.Stopwatch()
     with watch.phase("load"):
-        scorer = open_prm(spec, policy_dir=policy_dir, head_dir=a.head)
+        scorer = open_prm({**spec, "options": {**spec.get("options", {}), "dtype": dtype}}, policy_dir=policy_dir,
+                          head_dir=a.head)
     samples = pl.concat([pl.read_parquet(f) for f in a.shards])
     with watch.phase("work"):
         out = score_samples(scorer, a.name, samples, pl.read_parquet(a.problems),
                             batch_size=a.batch_size or spec.get("batch_size", 8), where=", ".join(a.shards))
-    measured = timing.record(watch, device=timing.describe_device(getattr(scorer, "device", "cpu")),
+    measured = timing.record(watch, device=timing.describe_device(getattr(scorer, "device", "cpu")), dtype=dtype,
                              problems=out["problem_id"].n_unique(), samples=out.height,
                              prm_tokens=out["prm_tokens"].sum())
     io.write_parquet(out, a.out, metadata=timing.as_metadata(measured))

@@ -44,6 +44,8 @@ timings table (`read_timings`, one row per model-stage output file of the manife
     problems, samples, prompt_tokens, output_tokens, prm_tokens   (pipeline.core.timing)
     load_s, work_s seconds (NULL: the file was written unmeasured)
     device, engine where it ran and with which library versions
+    dtype          the PRM's precision (score, train_value_head, search); NULL for
+                   generate and for records written before it was recorded
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ TIMINGS = {
     "work_s": pl.Float64,
     "device": pl.String,
     "engine": pl.String,
+    "dtype": pl.String,
 }
 MEASURED = tuple(c for c in TIMINGS if c not in ("stage", "dataset", "model", "kind", "prm", "search", "key",
                                                   "budget", "file"))

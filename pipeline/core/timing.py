@@ -21,6 +21,9 @@ Record (JSON object, `version` 1):
     prm_tokens     int    tokens the PRM (or the value head's policy) read
     device         str    `describe_device`: "<GPU name> x<count>" or "<CPU model> (<n> cores)"
     engine         str    versions of the installed engine libraries (`engine_versions`)
+    dtype          str    the PRM's precision (pipeline.prm.precision): in the records of
+                          score shards, search results and value heads; null elsewhere,
+                          absent (read as null) in records written before it was recorded
 Counts a stage does not have are 0. A file written before timing existed has no record:
 `read_record` returns None and every consumer treats it as "not measured" (NULL).
 """
@@ -117,9 +120,10 @@ def engine_gpus(engine_args: dict | None) -> int:
     return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
 
 
-def job_device(policy: str, prm: str) -> str:
-    """The device of a job running a vLLM policy and a PRM: one name when they share it."""
-    return policy if policy == prm else f"{policy}, PRM on {prm}"
+def job_device(policy: str, prm: str, *, shared: bool = True) -> str:
+    """The device of a job running a vLLM policy and a PRM: one name when they share it
+    (not when the PRM has a GPU of its own of the same kind)."""
+    return policy if policy == prm and shared else f"{policy}, PRM on {prm}"
 
 
 def engine_versions() -> str:
@@ -133,8 +137,9 @@ def engine_versions() -> str:
     return ", ".join(found)
 
 
-def record(watch: Stopwatch, *, device: str, **counts: int) -> dict[str, Any]:
-    """The timing record of one output (module docstring); unknown count names fail."""
+def record(watch: Stopwatch, *, device: str, dtype: str | None = None, **counts: int) -> dict[str, Any]:
+    """The timing record of one output (module docstring); unknown count names fail.
+    `dtype`: the PRM's precision, for outputs a PRM computed."""
     unknown = set(counts) - set(COUNTS)
     if unknown:
         raise ValueError(f"timing.record: unknown count(s) {sorted(unknown)}; known: {COUNTS}")
@@ -145,6 +150,7 @@ def record(watch: Stopwatch, *, device: str, **counts: int) -> dict[str, Any]:
         **{c: int(counts.get(c, 0)) for c in COUNTS},
         "device": device,
         "engine": engine_versions(),
+        "dtype": None if dtype is None else str(dtype),
     }
 
 
@@ -172,7 +178,7 @@ def parse(rec: Any, where: str) -> dict[str, Any] | None:
         v = rec[k]
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{where}: timing {k} = {v!r} is not a non-negative number of seconds")
-    return {**{c: 0 for c in COUNTS}, "engine": None, **rec}
+    return {**{c: 0 for c in COUNTS}, "engine": None, "dtype": None, **rec}
 
 
 def read_record(path: str | Path) -> dict[str, Any] | None:

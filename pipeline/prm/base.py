@@ -93,11 +93,14 @@ def resolve_device(device: str | None) -> str:
 
 
 def resolve_dtype(dtype: Any, device: str) -> Any:
-    """bfloat16 on CUDA, float32 elsewhere, unless `dtype` (a torch dtype or its name) says."""
+    """`dtype` (a torch dtype or its name) as a torch dtype; unset ("auto", None) it is
+    pipeline.prm.precision.DEFAULT (float32) on every device, `device` included."""
     import torch
 
+    from pipeline.prm import precision
+
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return getattr(torch, precision.DEFAULT)
     if isinstance(dtype, str):
         value = getattr(torch, dtype, None)
         if not isinstance(value, torch.dtype):

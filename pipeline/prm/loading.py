@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.engine import models
-from pipeline.prm import labels
+from pipeline.prm import labels, precision
 
 
 def open_prm(spec: dict, *, policy_dir: str, head_dir: str | None):
@@ -37,6 +37,7 @@ def check_config(config: dict) -> None:
     wrong entry fails before any engine starts, naming the key."""
     for name, spec in config.get("prms", {}).items():
         fmt, where = spec["format"], f"prms.{name}"
+        precision.check(spec, where)
         if fmt == "value-head" and "train" not in spec:
             raise ValueError(f"{where}: format 'value-head' needs `train` (the samples the workflow fits the head on)")
         if fmt != "value-head" and "train" in spec:

@@ -41,8 +41,9 @@ llemma-prm     (tkitsers/Llemma-reward-model, the reward model of Wu et al.'s in
                reference's tree search reads the last score of a new step).
                Options: tag ("ки"), tag_sep (" "), template ("{question}").
 
-Common options: device (default cuda when available), dtype (bfloat16 on CUDA, float32
-on CPU), tokenizer (a different tokenizer path), revision, trust_remote_code.
+Common options: device (default cuda when available), dtype (default float32 on every
+device: pipeline/prm/precision.py), tokenizer (a different tokenizer path), revision,
+trust_remote_code.
 """
 
 from __future__ import annotations
