@@ -25,7 +25,13 @@ import polars as pl
 
 from pipeline.core import io, prompts, schemas, timing
 from pipeline.engine import models
-from pipeline.engine.vllm_engine import engine_seed, make_engine, sampling_params
+from pipeline.engine.vllm_engine import (
+    engine_seed,
+    make_engine,
+    planned,
+    sampling_params,
+    started_gpus,
+)
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
 
@@ -136,11 +142,11 @@ def generate_shard(
     seed = engine_seed(key, shard_name(problem_range, sample_range))
     watch = timing.Stopwatch()
     with watch.phase("load"):
-        llm = make_engine(model_dir, seed=seed, engine_args=engine_args)
+        llm = make_engine(model_dir, seed=seed, engine_args=engine_args, gpus=(planned(key) or {}).get("tp"))
     with watch.phase("work"):
         df = sample(llm, problems, prompt=prompt, sampling=sampling, sample_range=sample_range)
     measured = timing.record(
-        watch, device=timing.describe_device(gpus=timing.engine_gpus(engine_args)),
+        watch, device=timing.describe_device(gpus=started_gpus(llm, engine_args)),
         problems=problems.height, samples=df.height, prompt_tokens=df["prompt_tokens"].sum(),
         output_tokens=df["output_tokens"].sum(),
     )

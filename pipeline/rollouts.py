@@ -179,7 +179,8 @@ def run_rollouts(*, spec: dict, model_dir: str, problems: str, shards: list[str]
     engine_args = vllm_engine.engine_args(spec.get("engine_args"))
     watch = timing.Stopwatch()
     with watch.phase("load"):
-        llm = vllm_engine.make_engine(model_dir, seed=vllm_engine.engine_seed(spec["key"], "rollouts"), engine_args=engine_args)
+        llm = vllm_engine.make_engine(model_dir, seed=vllm_engine.engine_seed(spec["key"], "rollouts"), engine_args=engine_args,
+                                      gpus=(vllm_engine.planned(spec["key"]) or {}).get("tp"))
     with watch.phase("work"):
         tokenizer = llm.get_tokenizer() if prompt.get("format") == "chat" else None
         prefixes = rollout_requests(samples, probs, lambda q: prompts.render(prompt, q, tokenizer))
@@ -187,7 +188,7 @@ def run_rollouts(*, spec: dict, model_dir: str, problems: str, shards: list[str]
                           k=int(settings["k"]), stop=prompt.get("stop", []))
     rolled = df.filter(pl.col("kind") == "rollouts")
     measured = timing.record(
-        watch, device=timing.describe_device(gpus=timing.engine_gpus(engine_args)),
+        watch, device=timing.describe_device(gpus=vllm_engine.started_gpus(llm, engine_args)),
         problems=df["problem_id"].n_unique(), samples=int(rolled["k"].sum()),
         output_tokens=int(rolled["output_tokens"].sum()),
     )

@@ -5,6 +5,13 @@ rules are pipeline/treesearch/tree.py's, described in its docstring) on a vLLM e
 
 Final answers, the output schemas (SEARCH, LEAVES) and the `replay` rows of a search
 are pipeline/treesearch/results.py's.
+
+GPUs (`gpu_placement`): the placement of the workflow's GPU memory plan
+(pipeline/workflow/gpu_plan.py): the PRM on its own GPU (the one after the policy's) or
+beside the policy on GPU 0, the policy engine tensor parallel over its GPUs and, where
+they share GPU 0, started with a gpu_memory_utilization that leaves the PRM its KV budget
+and batch (vllm_engine.make_engine). The PRM computes in its entry's dtype
+(pipeline.prm.precision; recorded in the results' timing record).
 """
 
 from __future__ import annotations
@@ -12,13 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from pipeline.core import io, prompts, timing
-from pipeline.engine.vllm_engine import engine_args, engine_seed, make_engine
+from pipeline.engine.vllm_engine import (
+    engine_args,
+    engine_seed,
+    make_engine,
+    planned,
+    started_gpus,
+)
+from pipeline.prm import memory as prm_memory
+from pipeline.prm import precision
 from pipeline.prm.loading import open_prm
 from pipeline.treesearch.results import leaves_table, results
 from pipeline.treesearch.tree import Limits, Searcher, Step, run
@@ -68,14 +84,66 @@ class VLLMGenerator:
         return out
 
 
+def with_dtype(prm_spec: dict, folder: Path) -> tuple[dict, str]:
+    """The PRM entry with its dtype resolved (pipeline.prm.precision: the entry's own, else
+    the one the search folder's finished blocks were computed in, else float32), and it."""
+    records = precision.folder_records(folder, "*/*.parquet", exclude=".leaves.parquet")
+    dtype = precision.for_folder(prm_spec, records)
+    return {**prm_spec, "options": {**(prm_spec.get("options") or {}), "dtype": dtype}}, dtype
+
+
+@dataclass(frozen=True)
+class GPUPlacement:
+    """Where this job's models go: the PRM's device (None: the PRM's own default), the
+    GPUs the policy engine takes (None: the engine decides), whether they share GPU 0,
+    the bytes of GPU 0 kept for the PRM (None: measured from the loaded PRM)."""
+
+    prm_device: str | None = None
+    policy_gpus: int | None = None
+    shared: bool = True
+    reserve: int | None = None
+    longest: int = 2048
+
+
+def gpu_placement(spec: dict, batch_size: int, *, gpus: int | None = None) -> GPUPlacement:
+    """The GPU memory plan's placement of this job (pipeline/workflow/gpu_plan.py, through
+    the environment); without one, the PRM on the last of two or more visible GPUs and the
+    policy on the others, or both on the only one. Nothing on a CPU."""
+    longest = int((spec.get("engine_args") or {}).get("max_model_len") or 2048)
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0:
+        return GPUPlacement(longest=longest)
+    plan = planned(spec["key"])
+    if plan is not None:
+        if gpus < plan["gpus"]:
+            raise ValueError(f"the GPU memory plan places this search job on {plan['gpus']} GPUs "
+                             f"({plan['tp']} for the policy, the PRM on GPU {plan['prm_gpu']}); {gpus} are visible")
+        shared = plan["prm_gpu"] < plan["tp"]
+        return GPUPlacement(f"cuda:{plan['prm_gpu']}", plan["tp"], shared, plan["reserve"] if shared else 0, longest)
+    if gpus >= 2:
+        return GPUPlacement(f"cuda:{gpus - 1}", gpus - 1, False, 0, longest)
+    return GPUPlacement("cuda:0", 1, True, None, longest)
+
+
 def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFrame, budget: int,
                  block: str, head_dir: str | None, out: str, leaves_out: str, batch_size: int = 32) -> None:
     """Run one (search, budget, problem block) job and write its two Parquet files."""
+    prm_spec, dtype = with_dtype(spec["prm"], Path(out).parents[1])
+    place = gpu_placement(spec, batch_size)
+    if place.prm_device is not None:
+        prm_spec["options"].setdefault("device", place.prm_device)
     watch = timing.Stopwatch()
     with watch.phase("load"):
-        prm = open_prm(spec["prm"], policy_dir=model_dir, head_dir=head_dir)
+        prm = open_prm(prm_spec, policy_dir=model_dir, head_dir=head_dir)
+        reserve = 0
+        if place.policy_gpus is not None and place.shared:  # on CUDA, the PRM beside the policy on GPU 0
+            reserve = place.reserve if place.reserve is not None else prm_memory.working_set(prm, batch_size,
+                                                                                              place.longest)
         llm = make_engine(model_dir, seed=engine_seed(spec["key"], f"{budget}/{block}"),
-                          engine_args=engine_args(spec.get("engine_args")))
+                          engine_args=engine_args(spec.get("engine_args")), gpus=place.policy_gpus, reserve=reserve)
     prompt = spec["prompt"]
     tokenizer = llm.get_tokenizer() if prompt.get("format") == "chat" else None
     questions = problems["question"].to_list()
@@ -91,10 +159,11 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
         leaves = leaves_table(trees, problems)
         res = results(trees, leaves, problems, algorithm=spec["algorithm"], budget=budget, params=params,
                       prm_params=prm.num_parameters)
-    device = timing.job_device(timing.describe_device(gpus=timing.engine_gpus(spec.get("engine_args"))),
-                               timing.describe_device(getattr(prm, "device", "cpu")))
+    device = timing.job_device(timing.describe_device(gpus=started_gpus(llm, spec.get("engine_args"))),
+                               timing.describe_device(getattr(prm, "device", "cpu")), shared=place.shared)
     measured = timing.record(
-        watch, device=device, problems=len(trees), samples=leaves.height, prompt_tokens=sum(t.prompt_tokens for t in trees),
+        watch, device=device, dtype=dtype, problems=len(trees), samples=leaves.height,
+        prompt_tokens=sum(t.prompt_tokens for t in trees),
         output_tokens=sum(t.output_tokens for t in trees), prm_tokens=sum(t.prm_tokens for t in trees),
     )
     io.write_parquet(leaves, leaves_out)

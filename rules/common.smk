@@ -12,7 +12,7 @@ validate(config, schema="../config/config.schema.yaml", set_default=True)
 
 from pipeline.analysis import allocation
 from pipeline.engine import models
-from pipeline.workflow import plan
+from pipeline.workflow import gpu_plan, plan
 from pipeline.prm import loading as prm_entries
 
 # What the schema cannot check, before any job: model paths, PRM entries, the adaptive
@@ -35,6 +35,19 @@ SEARCHES = plan.searches(config)
 ROLLOUTS = plan.rollouts(config, CACHES)
 EMBEDDED_MODELS = [m for m, c in config["models"].items() if models.is_embedded(c["path"])]
 PRMS = config.get("prms", {})
+# The GPU memory plan (pipeline/workflow/gpu_plan.py): every GPU job's models against the
+# GPUs it will have (the rule's gpu / gpu_model / gpu_mem_mib resources, e.g. the SLURM
+# profile's, else this machine's); fails here, before any job, when one cannot fit, and
+# exports the placements to the jobs' environment. Nothing to plan on a CPU-only machine.
+GPU_PLAN = gpu_plan.from_workflow(config, CACHES, SEARCHES, ROLLOUTS,
+                                  workflow.resource_settings.overwrite_resources)
+
+
+def planned_gpus(rule_name):
+    """The `gpu` resource of a GPU rule's jobs: what the plan needs (1 where nothing is
+    planned); a profile's `gpu` for the rule overrides it, and the plan checks that."""
+    return lambda wildcards: GPU_PLAN.gpus(
+        rule_name, {k: wildcards.get(k) for k in ("model", "prm", "trained", "search")})
 
 
 wildcard_constraints:

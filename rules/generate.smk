@@ -15,7 +15,7 @@ rule generate:
         spec=get_generate_spec,
     threads: ALL_CORES
     resources:
-        gpu=1,
+        gpu=planned_gpus("generate"),
         mem_mb=8000,
         runtime=120,
     log:

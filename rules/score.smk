@@ -13,7 +13,7 @@ rule train_value_head:
         rollouts=get_rollouts_arg,
     threads: ALL_CORES
     resources:
-        gpu=1,
+        gpu=planned_gpus("train_value_head"),
         mem_mb=8000,
         runtime=60,
     log:
@@ -36,7 +36,7 @@ rule rollouts:
         spec=get_rollout_spec,
     threads: ALL_CORES
     resources:
-        gpu=1,
+        gpu=planned_gpus("rollouts"),
         mem_mb=8000,
         runtime=240,
     log:
@@ -61,7 +61,7 @@ rule score:
         head=get_head_arg,
     threads: ALL_CORES
     resources:
-        gpu=1,
+        gpu=planned_gpus("score"),
         prm_batch_size=get_prm_batch_size,
         mem_mb=8000,
         runtime=120,

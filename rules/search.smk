@@ -17,7 +17,7 @@ rule search:
         head=get_head_arg,
     threads: ALL_CORES
     resources:
-        gpu=1,
+        gpu=planned_gpus("search"),
         prm_batch_size=get_prm_batch_size,
         mem_mb=8000,
         runtime=240,

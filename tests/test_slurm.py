@@ -55,13 +55,14 @@ def workflow_rules() -> dict[str, bool]:
         for block in re.split(r"\n(?=rule \w+:)", smk.read_text()):
             m = re.match(r"rule (\w+):", block.strip())
             if m:
-                rules[m.group(1)] = bool(re.search(r"^\s+gpu\s*=\s*[1-9]", block, re.M))
+                rules[m.group(1)] = bool(re.search(r"^\s+gpu\s*=\s*(?:[1-9]|planned_gpus\()", block, re.M))
     return rules
 
 
 def test_profile_covers_every_rule():
-    """Every rule has runtime and memory; GPU rules ask for a GPU through the plugin's
-    resources (never a hand-written --gres), CPU rules for none."""
+    """Every rule has runtime and memory; GPU rules ask for GPUs through the plugin's
+    resources (never a hand-written --gres): a GPU type and its memory, the count left to
+    the GPU memory plan (the rule's `gpu` resource); CPU rules for none."""
     profile = yaml.safe_load(PROFILE.read_text())
     assert profile["executor"] == "slurm"
     assert isinstance(profile["cores"], int) and profile["cores"] >= max(profile["set-threads"].values())
@@ -75,13 +76,14 @@ def test_profile_covers_every_rule():
         assert res and res.get("runtime") and res.get("mem_mb"), f"profiles/slurm: {rule} needs runtime and mem_mb"
         assert "slurm_extra" not in res and "gres" not in res, rule
         if gpu or rule in GPU_RULES:
-            assert res["gpu"] == 1 and res["gpu_model"] and res["cpus_per_gpu"] >= 1, rule
+            assert gpu, f"GPU rule {rule} has no planned `gpu` resource"
+            assert "gpu" not in res and res["gpu_model"] and res["gpu_mem_mib"] > 0 and res["cpus_per_gpu"] >= 1, rule
             assert profile["set-threads"][rule] == res["cpus_per_gpu"], rule
         else:
-            assert not {"gpu", "gpu_model", "cpus_per_gpu"} & set(res), f"CPU rule {rule} asks for a GPU"
+            assert not {"gpu", "gpu_model", "gpu_mem_mib", "cpus_per_gpu"} & set(res), f"CPU rule {rule} asks for a GPU"
     for rule in GPU_RULES:  # `search` may not exist yet: covered in advance
-        assert per_rule[rule]["gpu"] == 1
-    assert not {"gpu", "gpu_model", "cpus_per_gpu"} & set(profile["default-resources"])
+        assert per_rule[rule]["gpu_mem_mib"] == 81920
+    assert not {"gpu", "gpu_model", "gpu_mem_mib", "cpus_per_gpu"} & set(profile["default-resources"])
 
 
 @dataclass
@@ -119,11 +121,13 @@ def slurm():
 
 
 def machine_profile(dest: Path, cpus: int) -> Path:
-    """profiles/slurm with the sizes of this node: the fake GPU type, its CPUs, less
-    memory; fast first status checks. Everything else as shipped."""
+    """profiles/slurm with the sizes of this node: the fake GPU type (no memory to plan:
+    the jobs run on its CPU), its CPUs, less memory; fast first status checks. Everything
+    else as shipped."""
     profile = yaml.safe_load(PROFILE.read_text())
     for res in profile["set-resources"].values():
-        if "gpu" in res:
+        if "gpu_model" in res:
+            res.pop("gpu_mem_mib")
             res.update(gpu_model="fake", cpus_per_gpu=cpus, mem_mb=4000)
         else:
             res["mem_mb"] = 1000
