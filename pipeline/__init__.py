@@ -8,7 +8,7 @@ The folders are the layers; a module imports only from its own folder or a lower
                     train_value_head), rollouts, search, replay (rules replay and
                     replay_prm), aggregate. Stages never import each other.
     workflow/       what the Snakefile reads at parse time: the plan (caches, keys,
-                    shards, searches) and typed --config overrides
+                    shards, searches), the GPU memory plan and typed --config overrides
     analysis/       everything behind `aggregate` after the replays: statistics, claims,
                     held-out choices, difficulty, knapsack, adaptive policies and
                     allocation, the point grid, latency, PRM quality, the DuckDB views,
@@ -18,9 +18,9 @@ The folders are the layers; a module imports only from its own folder or a lower
     strategies/     exact replays of voting (majority, coverage, greedy) and PRM
                     selection (best-of-N, weighted voting) over a sample cache
     prm/            process reward models: the scorers, opening a config's entry, the
-                    value head's step labels
+                    value head's step labels, precision, GPU memory of an entry
     engine/         the policy: model sources and parameter counts, the vLLM engine
-                    and its settings
+                    and its settings, GPU memory sizes and placement
     tasks/          problems and how answers are checked: datasets, answer grading,
                     the arithmetic step checker
     core/           shared utilities: atomic I/O, schemas, FLOPs, timing, progress,

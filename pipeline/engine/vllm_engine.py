@@ -12,7 +12,7 @@ GPU memory plan (pipeline/engine/memory_plan.py) unless the model's engine_args 
 them: the plan's tensor-parallel size for the job (`planned`, from the environment the
 workflow exports, pipeline/workflow/gpu_plan.py), else the smallest that fits the
 visible GPUs; the utilization from the GPUs' free memory at start, keeping `reserve`
-bytes of GPU 0 for a PRM beside the engine. The engine's `engine_args` attribute holds
+bytes of GPU 0 for a PRM beside the engine. The engine's `started_args` attribute holds
 the arguments it was started with.
 """
 
@@ -83,7 +83,7 @@ def make_engine(model_dir: str | Path, *, seed: int, engine_args: dict | None = 
 
     _freeze_heap()
     llm = LLM(model=str(model_dir), seed=seed, **args)
-    llm.engine_args = args  # what it started with: tensor parallelism for the timing record
+    llm.started_args = args  # what it started with: tensor parallelism for the timing record
     return llm
 
 
@@ -105,7 +105,7 @@ def cuda_settings(model_dir: str | Path, args: dict, *, gpus: int | None = None,
 
 def started_gpus(llm: Any, engine_args: dict | None = None) -> int:
     """GPUs an engine from make_engine occupies (tensor x pipeline parallel)."""
-    args = getattr(llm, "engine_args", None) or engine_args or {}
+    args = getattr(llm, "started_args", None) or engine_args or {}
     return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
 
 

@@ -4,7 +4,9 @@
 model, or the policy itself for value-head and logprob); `need` sizes them with
 pipeline.engine.memory_plan.hf_need in the entry's dtype (pipeline.prm.precision), with
 the prefix tree's KV budget (pipeline.prm.prefix.DEFAULT_MAX_BYTES: what a scoring
-session keeps) and one forward pass of `batch_size` rows of the longest sequence.
+session keeps) and one forward pass of `batch_size` rows of the longest sequence;
+`working_set` is what a loaded PRM still allocates as it scores (a search job keeps it
+free when the PRM shares GPU 0 with the policy engine and no plan gave the number).
 """
 
 from __future__ import annotations

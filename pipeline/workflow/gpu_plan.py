@@ -348,6 +348,7 @@ def from_workflow(config: dict, caches: list, searches: list, rollouts: list, ov
     env = os.environ if env is None else env
     by_rule = targets(rule_resources(overwrite_resources), mp.local_gpus(env))
     if all(t.cpu for t in by_rule.values()):
+        env[ENV] = "{}"  # no placements (and none inherited from an outer run)
         return Plan([], [])  # everything runs on the CPU: nothing to plan, nothing to read
     plan = build(config, caches, searches, rollouts, by_rule)
     for w in plan.warnings:
