@@ -119,6 +119,7 @@ def test_engine_settings_follow_free_memory():
     assert mp.engine_settings(big, args, [(40 * GiB, 40 * GiB)] * 2)["tensor_parallel_size"] == 2
     assert mp.engine_settings(big, {**args, "tensor_parallel_size": 2, "gpu_memory_utilization": 0.9},
                               [(40 * GiB, 40 * GiB)] * 2) == {}
+    assert mp.engine_settings(None, args, [free80] * 4)["tensor_parallel_size"] == 4  # unknown size: all it got
     with pytest.raises(ValueError, match="62.9 GiB weights.*available on 1 GPU"):
         mp.engine_settings(big, args, [(40 * GiB, 40 * GiB)])
 

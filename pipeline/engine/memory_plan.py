@@ -434,9 +434,10 @@ def engine_settings(shape: Shape | None, engine_args: dict, devices: list[tuple[
     out: dict = {}
     tp = engine_args.get("tensor_parallel_size")
     if tp is None:
-        sizes = [t for t in (shape.tp_sizes() if shape else TP_SIZES) if t <= len(devices)]
-        fitting = [t for t in sizes if shape is None or _room(devices[:t], reserve) >= engine_need(shape, engine_args, t).total]
-        tp = fitting[0] if fitting else (sizes[-1] if sizes else 1)
+        sizes = [t for t in (shape.tp_sizes() if shape else TP_SIZES) if t <= len(devices)] or [1]
+        fitting = [t for t in sizes if shape is not None and
+                   _room(devices[:t], reserve) >= engine_need(shape, engine_args, t).total]
+        tp = fitting[0] if fitting else sizes[-1]
         out["tensor_parallel_size"] = tp
     tp = int(tp)
     if "gpu_memory_utilization" not in engine_args:

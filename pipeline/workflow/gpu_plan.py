@@ -130,6 +130,9 @@ class Group:
 
 
 class Plan:
+    """The groups of a config's GPU jobs with their targets and placements, and the
+    warnings about groups it could not check."""
+
     def __init__(self, groups: list[Group], warnings: list[str]) -> None:
         self.groups, self.warnings = groups, warnings
 
