@@ -90,6 +90,10 @@ def check_latency(con):
     assert measured.null_count().sum_horizontal()[0] == 0, timings
     assert (timings["load_s"] > 0).all() and (timings["work_s"] > 0).all()
     assert not timings["file"].str.starts_with("/").any()  # relocatable
+    # the PRM's precision, from its entry (TINY's PRMs set bfloat16), in every output a PRM made
+    dtypes = dict(timings.group_by("stage").agg(pl.col("dtype").unique()).iter_rows())
+    assert dtypes == {"generate": [None], "score": ["bfloat16"], "train_value_head": ["bfloat16"],
+                      "search": ["bfloat16"]}, dtypes
     curve = pl.from_arrow(con.sql("SELECT * FROM accuracy_vs_flops").to_arrow_table())
     runnable = curve.filter(~pl.col("oracle"))
     assert runnable["seconds"].null_count() == 0 and (runnable["seconds"] > 0).all(), runnable

@@ -130,7 +130,14 @@ def load_model(
 ) -> Any:
     """The class named in the config's `architectures` when transformers has it
     (e.g. LlamaForTokenClassification, MistralForCausalLM), else `default_auto`
-    (e.g. AutoModel with remote code for Qwen2ForProcessRewardModel)."""
+    (e.g. AutoModel with remote code for Qwen2ForProcessRewardModel), with its weights
+    on `device` in `dtype`.
+
+    Streamed: each tensor is read from the checkpoint, converted and put on `device` on
+    its own (transformers' loading with a device map), so host memory holds a few
+    tensors at a time, never the whole model in another dtype (before: the whole model
+    was built in host memory in `dtype` and then moved, 63 GiB of host memory for the
+    paper's reward model in float16; tests/test_loading.py measures it)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
@@ -138,8 +145,8 @@ def load_model(
     cls = getattr(transformers, archs[0], None) if archs else None
     if cls is None or not hasattr(cls, "from_pretrained"):
         cls = getattr(transformers, default_auto)
-    model = cls.from_pretrained(path, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
-    model.to(device)
+    model = cls.from_pretrained(path, dtype=dtype, device_map={"": str(device)}, revision=revision,
+                                trust_remote_code=trust_remote_code)
     model.eval()
     return model
 
