@@ -84,10 +84,21 @@ Tables:
                two-sided 5%) of best-of-N against majority voting at the largest n, with
                its inputs (num_problems, sd_diff, z_alpha, z_power)
     provenance key, value (config hash, git commit, library versions, time)
+    reference_replay
+               only with `analysis.compat.protocol: reference`: the paper's evaluation
+               script replayed on the same caches (pipeline.strategies.reference: one
+               evaluation of the first n samples, "[invalid]" voting, its tie rule,
+               extraction and grader), one row per dataset x model x problem x strategy
+               (reference_majority, reference_best_of_n, reference_weighted_majority,
+               reference_<search>_<rule>) x prm x aggregation x n: accuracy (0/1),
+               answer, protocol, extraction, ground_truth, default_strategy. A table of
+               its own: these rows never enter `replay`, the fronts or the claims.
 
 Views (pipeline.analysis.views): accuracy_vs_flops, points, point_problems, held_out, pareto,
-compute_optimal; macros paired(dataset, a, b), compare_to(dataset, b), point_label,
-mean_se, normal_cdf, p_two_sided, p_value.
+compute_optimal (with `reference_replay` also reference_protocol: each of its points beside
+the default protocol's accuracy at the same point, pipeline.strategies.reference); macros
+paired(dataset, a, b), compare_to(dataset, b), point_label, mean_se, normal_cdf,
+p_two_sided, p_value.
 """
 
 from __future__ import annotations
@@ -112,13 +123,14 @@ from pipeline.analysis.views import (  # noqa: F401  (the names this module has 
     ORACLE_STRATEGIES,
     PARETO,
 )
+from pipeline.strategies import reference
 from pipeline.treesearch import results as search_results
 from pipeline.treesearch import tree
 
 STORAGE_VERSION = "v1.1.0"
 # The headline protocol when the config has no `analysis` section (the schema's defaults).
 ANALYSIS_DEFAULTS = {"aggregations": ["last"], "folds": 5, "seed": 0, "bootstrap": 1000,
-                     "adaptive": allocation.DEFAULTS}
+                     "adaptive": allocation.DEFAULTS, "compat": reference.DEFAULTS}
 
 SAMPLING_FAMILY, PRM_FAMILY, SEARCH_FAMILY, ADAPTIVE_FAMILY = views.FAMILIES
 
@@ -259,7 +271,8 @@ def infer_strategies(replay: pl.DataFrame) -> pl.DataFrame:
 def analysis_settings(config: dict | None = None) -> dict:
     """The config's `analysis` section over ANALYSIS_DEFAULTS (`adaptive` key by key)."""
     section = (config or {}).get("analysis") or {}
-    return {**ANALYSIS_DEFAULTS, **section, "adaptive": allocation.settings(section.get("adaptive"))}
+    return {**ANALYSIS_DEFAULTS, **section, "adaptive": allocation.settings(section.get("adaptive")),
+            "compat": reference.settings(section.get("compat"))}
 
 
 def candidate_rows(replay: pl.DataFrame, aggregations) -> pl.DataFrame:
@@ -393,6 +406,8 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path, *, analysis: 
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM _df")
             con.unregister("_df")
         create_views(con, has_models="models" in tables)
+        if "reference_replay" in tables:
+            reference.create_view(con)
         con.close()
         os.replace(tmp, out)
     finally:
@@ -500,9 +515,18 @@ def main(argv: list[str] | None = None) -> None:
     if quality is not None:
         tables["prm_quality"] = quality
     tables["provenance"] = provenance(a.config)
+    ref = reference.database_table(manifest, json.loads(a.config))  # analysis.compat
+    if ref is not None:
+        tables["reference_replay"] = ref
     write_duckdb(tables, a.db, analysis=analysis_settings(json.loads(a.config)))
     write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,
                   tables=a.tables, plot_adaptive=a.plot_adaptive, plot_seconds=a.plot_seconds)
+    if ref is not None:
+        import duckdb
+
+        with duckdb.connect(a.db, read_only=True) as con, pl.Config(tbl_rows=500, tbl_width_chars=250):
+            print(pl.from_arrow(con.sql("SELECT point, accuracy, accuracy_se, default_point, default_accuracy "
+                                        "FROM reference_protocol").to_arrow_table()))
 
 
 if __name__ == "__main__":
