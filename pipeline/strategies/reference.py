@@ -64,7 +64,12 @@ import polars as pl
 
 from pipeline.strategies.shared import budgets
 from pipeline.tasks.answers import extract_answer
-from pipeline.tasks.reference_grader import INVALID, extract_final, grade_answer, shepherd_answer
+from pipeline.tasks.reference_grader import (
+    INVALID,
+    extract_final,
+    grade_answer,
+    shepherd_answer,
+)
 
 PROTOCOL = "reference"
 AGGREGATIONS = ("min", "last", "prod", "mean")
