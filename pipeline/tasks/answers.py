@@ -355,7 +355,7 @@ def _exact_decimals(expr: object) -> object:
 def _value(s: str) -> complex | None:
     """Numeric value of a constant answer such as 2\\sqrt{2}; None when symbolic or unsure."""
     if "%" in s:
-        return None  # math_verify accepts both 10 and 0.1 for 10\%; leave that to it
+        return None  # a percent inside a longer answer ("10\%, 20\%"): left to math_verify
     parsed = _parsed(s)
     try:
         expr = parsed[0]
