@@ -6,6 +6,7 @@ on the cases of issue 24, and the tables it writes kept apart from the default o
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -355,3 +356,38 @@ def test_compat_setting_reruns_only_the_aggregation(baseline, tmp_path_factory) 
     assert first.height == 6
     alike = first.filter(pl.col("answer") == pl.col("ours"))
     assert alike.height > 0 and alike["accuracy"].to_list() == alike["correct"].cast(pl.Float64).to_list()
+
+
+# --------------------------------------------------------------------------- REBASE's width split
+
+
+def float32_split(scores, width, temperature=0.2):
+    """rebase.py's select_softmax, transcribed: nodes by score, descending (sorted
+    ascending, then reversed: of equal scores the last comes first), each takes
+    ceil(width_left * w / mass_left) in float32, no cap."""
+    import numpy as np
+
+    order = sorted(range(len(scores)), key=lambda i: scores[i])[::-1]
+    w = np.exp(np.asarray([scores[i] for i in order], dtype=np.float32) / np.float32(temperature))
+    mass, out = w.sum(dtype=np.float32), [0] * len(scores)
+    for i, x in zip(order, w):
+        out[i] = int(math.ceil(np.float32(width) * x / mass))
+        width, mass = width - out[i], np.float32(mass - x)
+    return out
+
+
+def test_rebase_split_over_allocates_in_float32_not_here() -> None:
+    from pipeline.treesearch.tree import allocate
+
+    assert float32_split([0.941, 0.691, 0.967], 16) == [7, 2, 8]  # 17 children for width 16
+    assert allocate([0.941, 0.691, 0.967], 16, 0.2) == [7, 1, 8]
+    assert float32_split([0.5, 0.5], 3) == [1, 2] and allocate([0.5, 0.5], 3, 0.2) == [2, 1]  # ties
+    rng = random.Random(0)
+    over = 0
+    for _ in range(20000):
+        num, width = rng.randint(2, 8), rng.choice([2, 4, 8, 16, 32, 64, 128, 256])
+        scores = [rng.random() for _ in range(num)]
+        over += sum(float32_split(scores, width)) > width
+        assert sum(allocate(scores, width, 0.2)) == width
+    print(f"float32 split: more children than the width in {over} of 20000 random splits")
+    assert over == 3276
