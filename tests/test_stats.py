@@ -134,8 +134,9 @@ def test_mean_se_counts_monte_carlo_error():
     assert stats.mean_se([0.5, 0.5], [0.03, 0.04])[1] == pytest.approx(0.05 / 2)
     assert stats.mean_se([0.5])[1] == 0.0
     assert math.isnan(stats.mean_se([])[0])
+    # a constant non-zero difference: the exact sign test, never p = 0
     p = stats.paired([1.0, 1.0], [0.0, 0.0])
-    assert p.diff == 1.0 and p.diff_se == 0.0 and p.p_value == 0.0 and p.significant()
+    assert p.diff == 1.0 and p.diff_se == 0.0 and p.p_value == 0.5 and p.method == stats.SIGN and not p.significant()
 
 
 def test_mde_formula():
