@@ -77,9 +77,23 @@ Tables:
                accuracy, accuracy_se, cost in every convention and tokens
     difficulty per problem: the probe's answer agreement and mean PRM score, pass@1,
                the predicted and the oracle difficulty
-    claims     the paper's claims tested on this run (pipeline.analysis.claims): dataset, claim,
-               subject, test, num_problems, diff, diff_se, ci_low, ci_high, p_value,
-               mde, verdict, note
+    held_out_se
+               per dataset x convention x device x budget of held_out_problems (grid_k or
+               at_point): the nested cross-validation standard error of the held-out
+               accuracy (pipeline.analysis.nested_cv): se, inflation (over the naive SE of
+               the inner held-out values, in [1, sqrt(K)]), reps, folds; NULL where the
+               problems are too few for nested folds (the `held_out` view then reports
+               the naive SE and says so)
+    model_size per dataset x pair of consecutive model sizes x budget (pipeline.analysis.size):
+               the in-sample compute-optimal model, each model's best point within the
+               budget (in-sample and held out, with nested-CV SEs), their paired
+               difference (smaller - larger) with its nested-CV SE, 95% interval,
+               p-value and outcome (smaller wins / tie / larger wins)
+    claims     the paper's claims tested on this run at matched compute
+               (pipeline.analysis.claims): dataset, claim, subject, test, num_problems,
+               diff, diff_se, ci_low, ci_high, p_value, method (normal / exact sign test),
+               margin, ratio, ratio_ci_low, ratio_ci_high (REBASE: the FLOPs sampling needs
+               over REBASE's), criterion (the decision rule), mde, verdict, note
     power      per dataset and model: the minimum detectable difference (80% power,
                two-sided 5%) of best-of-N against majority voting at the largest n, with
                its inputs (num_problems, sd_diff, z_alpha, z_power)
@@ -104,7 +118,16 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.analysis import allocation, claims, latency, nested_cv, prm_quality, size, stats, views
+from pipeline.analysis import (
+    allocation,
+    claims,
+    latency,
+    nested_cv,
+    prm_quality,
+    size,
+    stats,
+    views,
+)
 from pipeline.analysis.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS,
     BUDGETS_PER_DECADE,

@@ -143,8 +143,8 @@ def check_config(config: Mapping) -> None:
     if not s["enabled"]:
         return
     # the smallest cache of any model (models.<m>.n over sampling.n)
-    n, where = min((int(m.get("n", config["sampling"]["n"])), f"models.{name}.n" if "n" in m else "sampling.n")
-                   for name, m in config["models"].items())
+    n, where = min([(int(config["sampling"]["n"]), "sampling.n")]
+                   + [(int(m["n"]), f"models.{name}.n") for name, m in (config.get("models") or {}).items() if "n" in m])
     if s["probe_samples"] > n:
         raise ValueError(f"analysis.adaptive.probe_samples = {s['probe_samples']} exceeds {where} = {n}: "
                          "the probe is the first probe_samples cached samples (lower it, or set "

@@ -18,7 +18,10 @@ Macros:
                num_problems, accuracy_a, accuracy_b, diff (mean of a - b), diff_se,
                ci_low, ci_high (95%), p_value (two-sided). The SE counts each problem's
                Monte Carlo SE (pipeline.analysis.stats, `mean_se`). Unknown labels give
-               num_problems = 0 and NULLs.
+               num_problems = 0 and NULLs. Degenerate inputs give no test and a `reason`
+               (no common problems; fewer than two; a NULL or NaN accuracy or SE); a
+               constant non-zero difference (SE 0) gets the exact sign test, p = 2^(1 - n),
+               and the sign test's interval ([d, d] from n = 6, unbounded below).
     compare_to(dataset, point_b)
                TABLE: `paired` of every point of the dataset (point_a) against point_b.
     mean_se(x, v)
@@ -27,18 +30,29 @@ Macros:
     paired_diff(a, b)
                a - b rounded to 12 decimals (exact replays of one quantity computed two
                ways differ in the last bits; that is no difference).
-    normal_cdf(x), p_two_sided(z), p_value(diff, se)
+    normal_cdf(x), p_two_sided(z), p_value(diff, se, n := NULL)
                the standard normal CDF by `erfc_approx`, Numerical Recipes' erfcc
                (Chebyshev fit; fractional error below 1.2e-7 everywhere, so p-values keep
                7 significant digits however small), and the two-sided p-value of a
-               normal z (1 for a zero difference with zero SE, 0 for a nonzero one).
+               normal z (1 for a zero difference with zero SE; the exact sign test
+               2^(1 - n) for a non-zero one, NULL without n; NULL for NULL / NaN inputs
+               or n < 2).
+    diff_ci_low(diff, se, n), diff_ci_high(diff, se, n)
+               the 95% interval of a paired difference (normal; the sign test's where
+               se = 0); NULL when not testable.
+    accuracy_ci_low(p, se, n), accuracy_ci_high(p, se, n)
+               the 95% interval of an accuracy (a mean over n problems of values in
+               [0, 1]): Wilson's score interval at the effective number of problems
+               p (1 - p) / se^2 (n at p = 0 or 1); inside [0, 1]
+               (pipeline.analysis.stats.accuracy_interval).
 
 Views:
     accuracy_vs_flops  one row per curve point (dataset, model, prm, strategy,
                aggregation, n): accuracy (mean over problems), accuracy_se (standard error
                across problems), output_tokens and prompt_tokens (means per problem),
                flops_paper and flops_full (means per problem, the two conventions of
-               pipeline.core.flops), num_problems, and `oracle` (true for coverage / pass@n,
+               pipeline.core.flops), num_problems, accuracy_ci_low / accuracy_ci_high
+               (95%, inside [0, 1]: `accuracy_ci_low`), and `oracle` (true for coverage / pass@n,
                which needs the reference answer to pick a sample and so is an upper
                bound, not a strategy one can run, and for the adaptive policy with oracle
                difficulty bins, ORACLE_STRATEGIES). Every aggregation is here.
@@ -51,7 +65,10 @@ Views:
                every point (what `paired` joins).
     held_out   per (dataset, convention, device, budget): the cross-fitted choice's held-out
                accuracy (mean over problems of the choice each problem's fold made on
-               the other folds), accuracy_se (`mean_se`), flops (mean cost of the held-out
+               the other folds), accuracy_se (nested cross-validation, table
+               `held_out_se`, never below the naive one; the naive `mean_se` where the
+               problems are too few for nested folds: `se_method`), ci_low / ci_high (95%,
+               inside [0, 1]), naive_se, flops (mean cost of the held-out
                choices), num_problems, num_folds, choices (the distinct points chosen).
                `grid_k` identifies a budget of the compute_optimal grid (budget =
                10^(grid_k / 4)), `at_point` a budget equal to that point's cost.
@@ -78,7 +95,8 @@ Views:
                point against the previous (cheaper) front point, paired: previous (its
                label), gain (mean accuracy difference), gain_se, gain_ci_low,
                gain_ci_high, gain_p, beats_previous (the 95% interval excludes 0 on the
-               positive side). NULL for the first point.
+               positive side). NULL for the first point. held_out_ci_low / _high: the
+               held-out accuracy's 95% interval.
     compute_optimal  per (dataset, convention, device, budget): the best point within the
                budget, i.e. the most accurate headline non-oracle point of that front
                with flops (its cost) <= budget (= the Pareto point with the largest flops
@@ -90,7 +108,7 @@ Views:
                (from `models`), prm, strategy, aggregation, n, accuracy, accuracy_se,
                flops, flops_paper, flops_full, seconds (in-sample), point, and held
                out: held_out_accuracy, held_out_se, held_out_flops, folds_agreeing (of num_folds folds, how many
-               chose this same point on their training folds). In-sample accuracy never
+               chose this same point on their training folds), held_out_ci_low / _high. In-sample accuracy never
                decreases as the budget grows; the held-out accuracy need not.
 """
 
