@@ -222,7 +222,7 @@ def _weighted(dataset, rows, pts, margin: float) -> list[dict]:
             at = dict(zip(g["n"], g["point"]))
             for n in ns:
                 p, mde = _contrast(rows, {at[n]: 1, maj_at[n]: -1})
-                note = "also better (interval above 0)" if p.testable() and p.ci_low > 0 else ""
+                note = "also better: interval above 0" if p.testable() and p.ci_low > 0 else ""
                 out.append(_row(dataset, "weighted_vs_majority", f"{subject} @{n}",
                                 f"non-inferiority: wm@{n} - maj@{n} > -{margin:g}", p, mde=mde, margin=margin,
                                 criterion=criterion, verdict_=verdict(p, above=-margin, below=-margin), note=note))
@@ -268,7 +268,15 @@ def _rebase(dataset, rows, pts, strategies: pl.DataFrame, *, seed: int) -> list[
                 v = "refuted"
             else:
                 v = inconclusive(ratio.num_problems)
-            note = "" if p.testable() else f"accuracy difference at equal FLOPs not testable: {p.reason}"
+            notes = []
+            if ratio.censored == "more than":
+                notes.append(f"no sampling point reaches its accuracy: the ratio is a lower bound (> {ratio.ratio:.2f})")
+            elif ratio.censored == "at most":
+                notes.append(f"sampling's cheapest point already reaches its accuracy: the ratio is an upper bound "
+                             f"(<= {ratio.ratio:.2f})")
+            if not p.testable():
+                notes.append(f"accuracy difference at equal FLOPs not testable: {p.reason}")
+            note = "; ".join(notes)
             out.append(_row(dataset, "rebase_vs_sampling", f"{subject}@{w['n']}", test, p, mde=mde,
                             criterion=criterion, verdict_=v, ratio=ratio, note=note))
     if not out:

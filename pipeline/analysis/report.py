@@ -7,7 +7,11 @@
                                its 95% interval, the Pareto front (in-sample and held-out
                                accuracy, each point's paired gain over the previous one)
                                and the compute-optimal choice per budget (in-sample and
-                               held-out, paper FLOPs convention), measured latency
+                               held-out, paper FLOPs convention; held-out intervals by
+                               nested cross-validation, accuracy intervals inside [0, 1]),
+                               with two or more model sizes the model-size section
+                               (`model_size_markdown`: families, what the pair can and
+                               cannot show, the table `model_size`, the size fit), measured latency
                                (`latency_section`: seconds per problem beside FLOPs at the
                                largest n of every headline line, the device(s) they were
                                measured on, and the seconds front per device), the fitted
@@ -90,9 +94,10 @@ NOTES = {
     "seconds convention): the most accurate headline point with flops (its cost) <= budget "
     "(in-sample, biased upwards: the maximum of many noisy estimates), beside the held-out accuracy "
     "of the same choice made on K-1 folds and scored on the K-th.",
-    "claims": "The paper's qualitative claims tested on this run: paired differences (positive = "
-    "as claimed), 95% intervals, two-sided p-values, the minimum detectable difference at 80% "
-    "power, and a verdict (definitions: pipeline/analysis/claims.py).",
+    "claims": "The paper's qualitative claims tested on this run at matched compute: paired differences "
+    "(and for REBASE the FLOPs ratio sampling / REBASE), 95% intervals, two-sided p-values, the margin, "
+    "the decision rule (criterion), the minimum detectable difference at 80% power, and a verdict "
+    "(definitions: pipeline/analysis/claims.py).",
     "adaptive": "Difficulty-adaptive allocation per dataset, model, difficulty source (predicted "
     "from a probe of k samples; oracle: pass@1 from the reference answers), FLOPs convention and "
     "budget: held-out accuracy (choices made on the other folds) with its SE and mean FLOPs, the "
@@ -233,8 +238,8 @@ def model_size_markdown(table: pl.DataFrame | None, models: pl.DataFrame | None,
                                                                   pl.col("ci_low").round(3), pl.col("ci_high").round(3)))
         .otherwise(pl.lit("–")),
     ).select("budget", pl.col("optimal_model").alias("compute-optimal (in-sample)"),
-             pl.col("small_point").alias("smaller: best point"), pl.col("small_ho").alias("held-out [95% CI]"),
-             pl.col("large_point").alias("larger: best point"), pl.col("large_ho").alias("held-out [95% CI] "),
+             pl.col("small_point").alias("smaller: best point"), pl.col("small_ho").alias("its held-out [95% CI]"),
+             pl.col("large_point").alias("larger: best point"), pl.col("large_ho").alias("its held-out [95% CI] (larger)"),
              pl.col("d").alias("smaller − larger [95% CI]"), "outcome")
     out += ["Per budget: the in-sample compute-optimal model; each model's best point within the budget "
             "(in-sample) and the held-out accuracy of that choice made on the other folds (nested "
