@@ -46,7 +46,10 @@ the other K - 1 folds and scored on the held-out fold; every problem is held out
 so each budget gets one held-out accuracy per problem, summarised like any accuracy
 (mean, `mean_se`). Because each fold's choice never saw its held-out problems, the
 held-out accuracy of the choice is unbiased, whereas the in-sample maximum of many noisy
-candidates is biased upwards (tests/test_stats.py simulates both).
+candidates is biased upwards (tests/test_stats.py simulates both). Its standard error is
+NOT `mean_se` of the held-out values, which ignores that each problem also trained the
+other folds' choices (the naive 95% interval covers 72-88%): pipeline.analysis.nested_cv
+estimates it by nested cross-validation (tests/test_nested_cv.py: coverage).
 
 Also: the minimum detectable paired difference (`mde`) and a bootstrap over problems of
 the compute-optimal model-size fit (`bootstrap_size_fit`). The ROC AUC of scores against
