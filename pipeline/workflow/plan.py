@@ -248,8 +248,9 @@ def searches(config: dict) -> list[Search]:
     """Every tree search the config asks for: each `search` entry x evaluation dataset x
     model x PRM (those of the entry's `prms` the model uses, `model_prms`). The key
     hashes what determines the trees (model, prompt, sampling temperature/top_p/seed,
-    dataset, engine args, the PRM entry, the algorithm's settings and limits), not the budgets or `limit`: a new budget or more problems add
-    jobs; any other change writes a new folder beside the old one."""
+    dataset, engine args, the PRM entry, the algorithm's settings and limits), not the
+    budgets or `limit`: a new budget or more problems add jobs; any other change writes a
+    new folder beside the old one."""
     shards = {**SHARD_DEFAULTS, **config.get("shards", {})}
     prms = config.get("prms", {})
     out: list[Search] = []
