@@ -48,7 +48,7 @@ so each budget gets one held-out accuracy per problem, summarised like any accur
 held-out accuracy of the choice is unbiased, whereas the in-sample maximum of many noisy
 candidates is biased upwards (tests/test_stats.py simulates both). Its standard error is
 NOT `mean_se` of the held-out values, which ignores that each problem also trained the
-other folds' choices (the naive 95% interval covers 72-88%): pipeline.analysis.nested_cv
+other folds' choices (the naive 95% interval covers 83-89%): pipeline.analysis.nested_cv
 estimates it by nested cross-validation (tests/test_nested_cv.py: coverage).
 
 Also: the minimum detectable paired difference (`mde`) and a bootstrap over problems of
