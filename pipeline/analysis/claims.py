@@ -130,7 +130,11 @@ def _untestable(dataset: str, claim: str, why: str, subject: str = "") -> dict:
 
 def _contrast(rows: pl.DataFrame, coefs: dict[str, float]) -> tuple[stats.Paired, float]:
     """sum_j coef_j acc_j(point j) per problem (problems every point has), and its MDE."""
-    wide = rows.filter(pl.col("point").is_in(list(coefs))).pivot(
+    sub = rows.filter(pl.col("point").is_in(list(coefs)))
+    # the problems every point has a row for (a tree search may cover fewer); a NULL value
+    # on one of them is kept (as NaN), so the test says it is not testable
+    common = sub.group_by("problem_id").agg(pl.col("point").n_unique().alias("k")).filter(pl.col("k") == len(coefs))
+    wide = sub.filter(pl.col("problem_id").is_in(common["problem_id"].implode())).pivot(
         on="point", index="problem_id", values=["accuracy", "accuracy_se"], aggregate_function="first")
     acc = {p: f"accuracy_{p}" for p in coefs}
     se = {p: f"accuracy_se_{p}" for p in coefs}
