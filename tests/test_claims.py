@@ -137,6 +137,7 @@ def test_model_size_table_matches_crossfit():
         assert row["diff"] == pytest.approx(d.mean()) and row["num_problems"] == 200
         assert row["diff_se"] >= row["naive_se"] - 1e-12 and row["se_method"] == "nested CV"
         assert row["outcome"] == size.SMALLER and row["optimal_model"] == "s"
+        assert 0 <= row["larger_optimal_share"] < 0.05  # the bootstrap agrees: s is the optimal size
     assert t["large_point"].to_list()[0] == "l/greedy@1" and t["large_point"].to_list()[-1] == "l/majority@4"
 
 

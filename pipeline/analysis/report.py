@@ -240,10 +240,13 @@ def model_size_markdown(table: pl.DataFrame | None, models: pl.DataFrame | None,
     ).select("budget", pl.col("optimal_model").alias("compute-optimal (in-sample)"),
              pl.col("small_point").alias("smaller: best point"), pl.col("small_ho").alias("its held-out [95% CI]"),
              pl.col("large_point").alias("larger: best point"), pl.col("large_ho").alias("its held-out [95% CI] (larger)"),
-             pl.col("d").alias("smaller − larger [95% CI]"), "outcome")
+             pl.col("d").alias("smaller − larger [95% CI]"), "outcome",
+             pl.col("larger_optimal_share").alias("bootstrap: larger optimal"))
     out += ["Per budget: the in-sample compute-optimal model; each model's best point within the budget "
             "(in-sample) and the held-out accuracy of that choice made on the other folds (nested "
-            "cross-validation intervals); their paired difference (table `model_size`).", "",
+            "cross-validation intervals); their paired difference (table `model_size`); and in what "
+            "share of 1000 bootstrap resamples of the problems the larger model's best beats the "
+            "smaller's in-sample (the uncertainty of the optimal size).", "",
             markdown_table(show), ""]
     counts = t["outcome"].value_counts()
     out += ["Outcome over the budgets: " + ", ".join(f"{o}: {c}" for o, c in counts.sort("outcome").rows()) + ".", ""]

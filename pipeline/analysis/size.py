@@ -16,7 +16,10 @@ either:
     above 0), "larger wins" (below 0) or "tie" (interval contains 0).
 
 Beside it, the in-sample compute-optimal model over all models at that budget (the
-`compute_optimal` view's choice; `optimal_model`, `optimal_params`). Table `model_size`
+`compute_optimal` view's choice; `optimal_model`, `optimal_params`), and
+`larger_optimal_share`: in how many of RESAMPLES bootstrap resamples of the problems the
+larger model's in-sample best beats the smaller's (the uncertainty of the optimal size at
+that budget, which stays defined where a log-log fit is not). Table `model_size`
 (SCHEMA). The claim `small_model_optimal` (pipeline.analysis.claims) reads it.
 
 What a pair of sizes can show: at which budgets the smaller model's best strategy is
@@ -55,8 +58,9 @@ SCHEMA = {
     "large_held_out": pl.Float64, "large_held_out_se": pl.Float64, "num_problems": pl.Int64,
     "diff": pl.Float64, "diff_se": pl.Float64, "naive_se": pl.Float64, "ci_low": pl.Float64,
     "ci_high": pl.Float64, "p_value": pl.Float64, "method": pl.String, "se_method": pl.String,
-    "outcome": pl.String,
+    "outcome": pl.String, "larger_optimal_share": pl.Float64,
 }
+RESAMPLES = 1000
 
 SMALLER, LARGER, TIE = "smaller wins", "larger wins", "tie"
 
@@ -121,6 +125,7 @@ def compare(rows: pl.DataFrame, folds: pl.DataFrame, models: pl.DataFrame, *, da
         se_pair = nested_cv.nested_se(pair.accuracy, cost, grid, k, groups=[(ids[is_small], 1.0), (ids[~is_small], -1.0)], **kw)
         se_s = nested_cv.nested_se(pair.accuracy, cost, grid, k, groups=[(ids[is_small], 1.0)], **kw)
         se_l = nested_cv.nested_se(pair.accuracy, cost, grid, k, groups=[(ids[~is_small], 1.0)], **kw)
+        share = larger_optimal_share(pair.accuracy, cost, is_small, grid, seed=seed)
         best_all = stats.best_within(everything.mean_accuracy(), everything.mean_cost(), grid)
         best_s = stats.in_sample(rs, grid)
         best_l = stats.in_sample(rl, grid)
@@ -145,9 +150,35 @@ def compare(rows: pl.DataFrame, folds: pl.DataFrame, models: pl.DataFrame, *, da
                 "num_problems": p.num_problems, "diff": p.diff, "diff_se": p.diff_se, "naive_se": naive.diff_se,
                 "ci_low": p.ci_low, "ci_high": p.ci_high, "p_value": p.p_value, "method": p.method,
                 "se_method": method,
-                "outcome": outcome(p),
+                "outcome": outcome(p), "larger_optimal_share": share[j],
             })
     return pl.DataFrame(out, schema=SCHEMA).fill_nan(None)
+
+
+def larger_optimal_share(acc: np.ndarray, cost: np.ndarray, is_small: np.ndarray, budgets: np.ndarray, *,
+                         resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Per budget, the share of bootstrap resamples of the problems in which the larger
+    model's in-sample best point within the budget is more accurate than the smaller
+    model's: the uncertainty of the compute-optimal size (a band on N_opt where no line can
+    be fitted). acc (P, n) per-problem values of both models' points, cost (P,) their mean
+    costs (fixed, as the choice's budget constraint), is_small (P,) which are the smaller
+    model's."""
+    n = acc.shape[1]
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)  # (B, n)
+    valid = ~np.isnan(acc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (w @ np.where(valid, acc, 0.0).T) / (w @ valid.T.astype(float))  # (B, P)
+    out = np.full(budgets.size, np.nan)
+    for j, b in enumerate(budgets):
+        fits = cost <= b * (1 + 1e-9)
+        s_ok, l_ok = fits & is_small, fits & ~is_small
+        if not s_ok.any() or not l_ok.any():
+            continue
+        best_s = np.nanmax(np.where(s_ok, means, -np.inf), axis=1)
+        best_l = np.nanmax(np.where(l_ok, means, -np.inf), axis=1)
+        out[j] = float(np.mean(best_l > best_s))
+    return out
 
 
 def _pick(nested: float, naive: float) -> float:
