@@ -260,9 +260,12 @@ def model_size_markdown(table: pl.DataFrame | None, models: pl.DataFrame | None,
         out += [text + ".", ""]
     else:
         winners = sorted(set(t["optimal_model"].drop_nulls()))
+        share = t["larger_optimal_share"].drop_nulls()
+        boot = (f"; in the bootstrap the larger model is optimal in at most {share.max():.1%} of the resamples at "
+                f"any budget" if share.len() else "")
         out += [f"Size fit: none — {', '.join(winners) or 'no model'} is the compute-optimal size at every budget "
-                f"of the grid, so log C against log N_opt has one N and no line can be fitted (the figure shows "
-                f"the paper's line for reference).", ""]
+                f"of the grid, so log C against log N_opt has one N and no line can be fitted{boot} (the figure "
+                f"shows the paper's line for reference).", ""]
     return out
 
 
