@@ -20,6 +20,8 @@ TORCH_CPU_WHEELS=${TORCH_CPU_WHEELS:-/opt/wheels}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# uv's cache would keep the CPU torch wheel unpacked (~700 MB): a temporary one unless set.
+export UV_CACHE_DIR=${UV_CACHE_DIR:-$tmp/uv-cache}
 if command -v uv >/dev/null 2>&1 && [ "$(uv --version | cut -d' ' -f2)" = "$UV_VERSION" ]; then
   uv=uv
 else
