@@ -9,8 +9,8 @@ are pipeline/treesearch/results.py's.
 GPUs (`gpu_placement`): the placement of the workflow's GPU memory plan
 (pipeline/workflow/gpu_plan.py): the PRM on its own GPU (the one after the policy's) or
 beside the policy on GPU 0, the policy engine tensor parallel over its GPUs and, where
-they share GPU 0, started with a gpu_memory_utilization that leaves the PRM its KV budget
-and batch (vllm_engine.make_engine). The PRM computes in its entry's dtype
+they share GPU 0, started with a gpu_memory_utilization that leaves the PRM the working
+memory its CUDA batch budgets need (pipeline/prm/memory.py; vllm_engine.make_engine). The PRM computes in its entry's dtype
 (pipeline.prm.precision; recorded in the results' timing record).
 """
 
@@ -152,8 +152,7 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
         prm = open_prm(prm_spec, policy_dir=model_dir, head_dir=head_dir)
         reserve = 0
         if place.policy_gpus is not None and place.shared:  # on CUDA, the PRM beside the policy on GPU 0
-            reserve = place.reserve if place.reserve is not None else prm_memory.working_set(prm, batch_size,
-                                                                                              place.longest)
+            reserve = place.reserve if place.reserve is not None else prm_memory.working_set(prm, place.longest)
         llm = make_engine(model_dir, seed=engine_seed(spec["key"], f"{budget}/{block}"),
                           engine_args=engine_args(spec.get("engine_args")), gpus=place.policy_gpus, reserve=reserve)
     prompt = spec["prompt"]

@@ -69,8 +69,8 @@ def test_one_40gb_gpu_per_job_fails_naming_the_search_jobs_and_numbers():
         p.check()
     text = str(err.value)
     assert "rule search (model llemma-7b, PRM llemma-34b-prm, search rebase; 25 jobs) on 1 x 40.0 GiB" in text
-    assert ("PRM tkitsers/Llemma-reward-model (33.74B parameters, float16): 62.9 GiB weights + 1.0 GiB KV cache"
-            in text)
+    assert ("PRM tkitsers/Llemma-reward-model (33.74B parameters, float16): 62.9 GiB weights + 3.1 GiB prefix KV "
+            "cache + 3.1 GiB forward pass (4096 tokens) + 1.0 GiB overhead = 70.1 GiB" in text)
     assert "policy tkitsers/Llemma-metamath-7b (6.74B parameters, bfloat16): 12.6 GiB weights" in text
     assert "80 GiB GPUs: 2 GPUs: policy on GPU 0; PRM on its own GPU 1" in text
     assert "set `gpu: 2` for rule generate" in text  # the 34B policy, tensor parallel over two
@@ -147,7 +147,7 @@ def test_dry_run_on_one_40gb_gpu_per_search_job_fails_naming_it(tmp_path):
     out = proc.stdout + proc.stderr
     assert "GPU memory plan: 2 job groups do not fit" in out
     assert "rule search (model llemma-34b, PRM llemma-34b-prm, search rebase; 25 jobs) on 1 x 40.0 GiB" in out
-    assert "= 69.7 GiB" in out and "80 GiB GPUs: 2 GPUs" in out
+    assert "= 70.1 GiB" in out and "80 GiB GPUs: 2 GPUs" in out
     assert not (tmp_path / "results").exists()
 
 
@@ -173,6 +173,35 @@ def test_a_search_job_places_its_models_by_the_exported_plan(monkeypatch):
     monkeypatch.delenv(gpu_plan.ENV)
     assert search.gpu_placement(s.spec(), 8, gpus=4).prm_device == "cuda:3"
     assert search.gpu_placement(s.spec(), 8, gpus=0) == search.GPUPlacement(longest=4096)
+
+
+def test_the_plan_reserves_what_the_prms_cuda_budgets_take():
+    """The plan's working memory for a PRM (pipeline/prm/memory.py) and the budgets the PRM
+    takes from free memory at run time (pipeline/prm/batching.py) are one computation: with
+    the reserve free, a scoring call gets a pass of at least one whole sequence, and a
+    loaded model of the same geometry asks the engine for the same reserve."""
+    from types import SimpleNamespace
+
+    from pipeline.prm import batching
+    from pipeline.prm import memory as prm_memory
+
+    rm = mp.shape_of("tkitsers/Llemma-reward-model")
+    spec = {"format": "llemma-prm", "options": {"dtype": "float16"}}
+    need = prm_memory.need(spec, rm, longest=4096)
+    reserve = need.total - dict(need.parts)["weights"] - prm_memory.HF_OVERHEAD
+    config = SimpleNamespace(num_attention_heads=rm.heads, num_key_value_heads=rm.kv_heads, hidden_size=rm.hidden,
+                             head_dim=rm.head_dim, num_hidden_layers=rm.layers, intermediate_size=rm.intermediate)
+    model = SimpleNamespace(config=config, parameters=lambda: iter([SimpleNamespace(element_size=lambda: 2)]))
+    for longest in (4096, 3000, 512):
+        free = prm_memory.need(spec, rm, longest=longest).total - dict(need.parts)["weights"] - prm_memory.HF_OVERHEAD
+        budget, keep = batching.plan_memory("cuda:0", model, batch_size=8, free=free)
+        assert budget.tokens >= longest and budget.fits(1, longest), (longest, budget)
+        assert keep + budget.work_bytes <= free
+    assert prm_memory.working_set(SimpleNamespace(model=model), 4096) == reserve + prm_memory.HF_OVERHEAD
+    # a float32 entry: twice the weights and twice the working memory
+    wide = prm_memory.need({"format": "llemma-prm"}, rm, longest=4096)
+    assert dict(wide.parts)["weights"] == 2 * dict(need.parts)["weights"]
+    assert dict(wide.parts)["prefix KV cache"] > 1.9 * dict(need.parts)["prefix KV cache"]
 
 
 def test_prm_device_is_placement_only():

@@ -14,10 +14,11 @@ The workflow plans every GPU job before any starts (pipeline/workflow/gpu_plan.p
 * `engine_need`: one GPU's share of a vLLM engine at tensor-parallel size tp: weights /
   tp, the KV cache of one `max_model_len` sequence (vLLM refuses to start without it),
   activations of one `max_num_batched_tokens` step, and `VLLM_OVERHEAD`.
-  `hf_need`: a transformers model (a PRM) on one GPU: weights in its dtype, its KV
-  budget, activations of one batch, `HF_OVERHEAD`. Estimates, on the safe side;
-  activations are tokens x (2 x intermediate + 4 x hidden) x bytes (the MLP's gate and
-  up projections and a few hidden-sized buffers alive at once) plus the attention mask.
+  A PRM's `Need` (transformers, on one GPU) is pipeline/prm/memory.py's, sized by the
+  same numbers as the PRM's own CUDA batch budgets (pipeline/prm/batching.py).
+  Estimates, on the safe side; activations are tokens x (2 x intermediate + 4 x hidden)
+  x bytes (the MLP's gate and up projections and a few hidden-sized buffers alive at
+  once).
 * `place`: the fewest GPUs (up to `MAX_GPUS`) on which a job's policy (vLLM, tensor
   parallel over 1, 2, 4 or 8 GPUs) and PRM fit, each GPU filled to at most `USABLE` of
   its memory: the PRM on its own GPU (the GPU after the policy's) or beside the policy on
@@ -308,20 +309,6 @@ def engine_need(shape: Shape, engine_args: dict, tp: int = 1) -> Need:
         (f"KV cache ({max_len} tokens)", max_len * shape.kv_per_token(kv_dtype, tp)),
         ("activations", shape.activations(tokens, dtype, tp) + logits),
         ("overhead", VLLM_OVERHEAD),
-    ))
-
-
-def hf_need(shape: Shape, dtype: str, *, tokens_per_pass: int, longest: int, kv_budget: int,
-            role: str = "PRM") -> Need:
-    """A transformers model on one GPU: weights in `dtype`, `kv_budget` bytes of KV cache,
-    one forward pass over `tokens_per_pass` tokens (rows of at most `longest`)."""
-    rows = max(1, tokens_per_pass // max(1, longest))
-    mask = rows * longest * longest  # the 4-D boolean attention mask of a padded batch
-    return Need(f"{role} {shape.name} ({shape.describe()}, {dtype})", (
-        ("weights", shape.weights(dtype)),
-        ("KV cache", int(kv_budget)),
-        ("activations", shape.activations(tokens_per_pass, dtype) + mask),
-        ("overhead", HF_OVERHEAD),
     ))
 
 

@@ -16,6 +16,12 @@ Budgets (`Budget`, made by `plan_memory` at every scoring call):
   reaches its best throughput), so a GPU with room to spare always batches the same way
   and the scores (which move with the batch by float rounding) reproduce across runs.
 
+The GPU memory plan (pipeline/workflow/gpu_plan.py, through pipeline/prm/memory.py)
+reserves for a PRM on CUDA what these budgets need, by the same numbers: `token_bytes`
+per token and `gpu_reserve`, the free memory at which `plan_memory` gives a pass of at
+least one whole sequence (`max_model_len` tokens); with more free memory the budgets
+grow, with the plan's reserve they never fall below that.
+
 Paths (`choose`, for `reuse_prefix="auto"`, the default of `HFPRM.score`): both plans
 are costed before anything runs, each forward pass at `call_cost` (its fixed cost in
 tokens: ~32 measured on a 2-core CPU with the embedded model; `GPU_CALL_COST` on CUDA,
@@ -30,6 +36,7 @@ Pure Python apart from the memory queries (torch imported inside them).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,23 +98,38 @@ def token_budget(tokens: int, *, call_cost: int = GPU_CALL_COST) -> Budget:
     return Budget(tokens=int(tokens), call_cost=call_cost)
 
 
+def token_bytes(*, layers: int, kv_heads: int, head_dim: int, hidden: int, intermediate: int,
+                element_size: int) -> tuple[int, int]:
+    """(KV bytes per token, working bytes per new token) of a decoder: KV = layers x 2 x
+    KV heads x head size x element size; working memory per token = its KV plus the
+    activations a layer holds at once (about 8 hidden-sized and 3 MLP-sized vectors) and
+    a float32 copy of the output. Estimates for budgets."""
+    kv = int(layers) * 2 * int(kv_heads) * int(head_dim) * int(element_size)
+    return kv, kv + int(element_size) * (8 * int(hidden) + 3 * int(intermediate)) + 4 * int(hidden)
+
+
 def model_bytes(model: Any) -> tuple[int, int]:
-    """(KV bytes per token, working bytes per new token) of a decoder, from its config:
-    KV = layers x 2 x KV heads x head size x element size; working memory per token =
-    its KV plus the activations a layer holds at once (about 8 hidden-sized and 3
-    MLP-sized vectors) and a float32 copy of the output. Estimates for budgets."""
+    """`token_bytes` of a loaded model, from its config and its parameters' element size."""
     config = model.config
     if hasattr(config, "get_text_config"):
         config = config.get_text_config(decoder=True)
     heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     hidden = int(getattr(config, "hidden_size", 64) or 64)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
-    inter = int(getattr(config, "intermediate_size", None) or 4 * hidden)
-    size = next(model.parameters()).element_size()
-    kv = layers * 2 * kv_heads * head_dim * size
-    return kv, kv + size * (8 * hidden + 3 * inter) + 4 * hidden
+    return token_bytes(layers=int(getattr(config, "num_hidden_layers", 1) or 1),
+                       kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+                       head_dim=int(getattr(config, "head_dim", None) or hidden // heads), hidden=hidden,
+                       intermediate=int(getattr(config, "intermediate_size", None) or 4 * hidden),
+                       element_size=next(model.parameters()).element_size())
+
+
+def gpu_reserve(per_token: int, tokens: int) -> int:
+    """The free CUDA memory at which `plan_memory` (its caller fixing no KV budget) gives
+    at least `tokens` padded new tokens per pass (rounded up to a power of two, at most
+    GPU_MAX_TOKENS): the tree keeps at most KV_SHARE of it, and MEMORY_SHARE of the rest
+    is the pass's working memory. What the GPU memory plan reserves beside a PRM's
+    weights; the tree's KV is its KV_SHARE."""
+    want = min(GPU_MAX_TOKENS, 1 << max(0, int(tokens) - 1).bit_length())
+    return math.ceil(want * int(per_token) / (MEMORY_SHARE * (1 - KV_SHARE)))
 
 
 def free_bytes(device: str) -> int | None:

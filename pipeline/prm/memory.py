@@ -1,21 +1,25 @@
 """GPU memory of a config's PRM entry: which model it loads and what that takes on a GPU.
 
 `model_of` names the weights a `prms:` entry loads (its `model`, the format's default
-model, or the policy itself for value-head and logprob); `need` sizes them with
-pipeline.engine.memory_plan.hf_need in the entry's dtype (pipeline.prm.precision), with
-the prefix tree's KV budget (pipeline.prm.prefix.DEFAULT_MAX_BYTES: what a scoring
-session keeps) and one forward pass of `batch_size` rows of the longest sequence;
-`working_set` is what a loaded PRM still allocates as it scores (a search job keeps it
-free when the PRM shares GPU 0 with the policy engine and no plan gave the number).
+model, or the policy itself for value-head and logprob); `need` sizes them on one GPU:
+the weights in the entry's dtype (pipeline.prm.precision), `HF_OVERHEAD` (CUDA context,
+allocator slack) and the working memory pipeline/prm/batching.py's CUDA budgets take
+from the free memory: `batching.gpu_reserve`, the free memory at which a forward pass
+takes at least one whole sequence of the policy's `max_model_len` tokens, of which the
+prefix tree's KV cache gets `batching.KV_SHARE` (shown as "prefix KV cache") and the
+rest the forward pass. The PRM's `batch_size` is a CPU setting (samples per pass) and
+plays no part on CUDA. `working_set` is the same reserve for a loaded PRM (a search job
+keeps it free when the PRM shares GPU 0 with the policy engine and no plan gave the
+number), the plan's reserve being the same: `need`'s total less the weights.
 """
 
 from __future__ import annotations
 
 from pipeline.engine import memory_plan
-from pipeline.prm import precision
-from pipeline.prm import prefix as prefix_mod
+from pipeline.prm import batching, precision
 
 POLICY_FORMATS = ("value-head", "logprob")
+HF_OVERHEAD = memory_plan.HF_OVERHEAD
 
 
 def model_of(spec: dict, policy_path: str, policy_revision: str | None = None) -> tuple[str, str | None]:
@@ -30,21 +34,25 @@ def model_of(spec: dict, policy_path: str, policy_revision: str | None = None) -
     return prm_class(fmt).default_model, (spec.get("options") or {}).get("revision")
 
 
-def need(spec: dict, shape: memory_plan.Shape, *, batch_size: int, longest: int,
-         dtype: str | None = None) -> memory_plan.Need:
-    """The entry on one GPU: weights in its dtype (or `dtype`), the KV budget, a batch."""
-    return memory_plan.hf_need(shape, dtype or precision.resolve(spec), tokens_per_pass=int(batch_size) * int(longest),
-                               longest=int(longest), kv_budget=prefix_mod.DEFAULT_MAX_BYTES)
+def reserve_parts(per_token: int, longest: int) -> tuple[tuple[str, int], ...]:
+    """The working memory beside the weights, by part (module docstring)."""
+    reserve = batching.gpu_reserve(per_token, longest)
+    kv = int(batching.KV_SHARE * reserve)
+    return (("prefix KV cache", kv), (f"forward pass ({int(longest)} tokens)", reserve - kv))
 
 
-def working_set(prm, batch_size: int, longest: int) -> int:
-    """Bytes a loaded PRM still allocates on its GPU as it scores (its KV budget, a
-    batch's activations, allocator slack): `need` of its own config, less the weights
-    already there."""
-    model = prm.model
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    shape = memory_plan.shape_from_config(config, name=prm.name, source="the loaded model", params=prm.num_parameters)
-    full = memory_plan.hf_need(shape, dtype, tokens_per_pass=int(batch_size) * int(longest), longest=int(longest),
-                               kv_budget=prefix_mod.DEFAULT_MAX_BYTES)
-    return full.total - dict(full.parts)["weights"]
+def need(spec: dict, shape: memory_plan.Shape, *, longest: int, dtype: str | None = None) -> memory_plan.Need:
+    """The entry on one GPU in its dtype (or `dtype`): weights, working memory, overhead."""
+    dtype = dtype or precision.resolve(spec)
+    _, per_token = batching.token_bytes(layers=shape.layers, kv_heads=shape.kv_heads, head_dim=shape.head_dim,
+                                        hidden=shape.hidden, intermediate=shape.intermediate,
+                                        element_size=memory_plan.dtype_bytes(dtype))
+    return memory_plan.Need(f"PRM {shape.name} ({shape.describe()}, {dtype})", (
+        ("weights", shape.weights(dtype)), *reserve_parts(per_token, longest), ("overhead", HF_OVERHEAD)))
+
+
+def working_set(prm, longest: int) -> int:
+    """Bytes a loaded PRM takes on its GPU beyond its weights (`need`'s total less the
+    weights, the plan's reserve), from the loaded model's own sizes."""
+    _, per_token = batching.model_bytes(prm.model)
+    return sum(v for _, v in reserve_parts(per_token, longest)) + HF_OVERHEAD

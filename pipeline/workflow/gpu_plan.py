@@ -6,8 +6,9 @@ plan sizes groups: `generate` per policy model, `rollouts` per policy model,
 `train_value_head` per (model, value head), `score` per (model, PRM), `search` per
 (model, PRM, search entry). Sizes come from pipeline.engine.memory_plan (the policy in
 vLLM at tensor-parallel size tp; a PRM in transformers on one GPU, in its dtype
-(pipeline.prm.precision), with its KV budget and one batch of `batch_size` rows of the
-policy's max_model_len tokens).
+(pipeline.prm.precision), with the working memory its CUDA batch budgets need for a
+forward pass of one whole sequence of the policy's max_model_len tokens:
+pipeline/prm/memory.py, pipeline/prm/batching.py).
 
 Targets: the GPUs a rule's jobs get. A rule whose resources (the SLURM profile's
 `set-resources`, or --set-resources) name `gpu_model`, `gpu_mem_mib` (memory of one GPU,
@@ -44,7 +45,6 @@ from pipeline.prm import precision
 GPU_RULES = ("generate", "rollouts", "train_value_head", "score", "search")
 ENV = mp.PLAN_ENV
 TARGET_KEYS = ("gpu", "gpu_model", "gpu_mem_mib")
-TRAIN_BATCH = 8  # pipeline.score.train: the value head's features, 8 samples per pass
 LARGER_GPUS_GIB = (24, 40, 48, 80, 94, 141, 192)  # common GPU sizes, for "what would fit"
 
 
@@ -213,9 +213,9 @@ def suggestions(g: Group) -> list[str]:
         if other is not None:
             out.append(f"search.{g.match['search']}.prm_device: auto (not {g.prefer}): {other.describe()}")
     if g.prm_entry is not None:
-        name, spec, shape, batch, longest = g.prm_entry
+        name, spec, shape, longest = g.prm_entry
         if precision.resolve(spec) == "float32":
-            half = prm_memory.need(spec, shape, batch_size=batch, longest=longest, dtype="bfloat16")
+            half = prm_memory.need(spec, shape, longest=longest, dtype="bfloat16")
             fit = _place(g, t.mem, count=t.count, prm=half, most=t.most) or _place(g, t.mem, prm=half)
             if fit is not None:
                 out.append(f"prms.{name}.options.dtype: bfloat16 (the PRM takes {mp.gib(half.total)} instead of "
@@ -271,7 +271,7 @@ def build(config: dict, caches: list, searches: list, rollouts: list, targets_by
             policies[model] = _policy(config, model, built)
         return policies[model]
 
-    def prm_part(name: str, model: str, batch: int) -> tuple[mp.Need | None, list[str], Any]:
+    def prm_part(name: str, model: str) -> tuple[mp.Need | None, list[str], Any]:
         spec = prms[name]
         mcfg = config["models"][model]
         path, revision = prm_memory.model_of(spec, mcfg["path"], mcfg.get("revision"))
@@ -280,8 +280,8 @@ def build(config: dict, caches: list, searches: list, rollouts: list, targets_by
         _, _, longest = policy(model)
         if shape is None:
             return None, [f"the size of PRM {name}'s model {path} is unknown ({_unknown_hint(path)})"], None
-        need = prm_memory.need(spec, shape, batch_size=batch, longest=longest)
-        return need, [], (name, spec, shape, batch, longest)
+        need = prm_memory.need(spec, shape, longest=longest)
+        return need, [], (name, spec, shape, longest)
 
     def add(rule: str, match: dict, keys: list[str], jobs: int, *, with_policy: bool, prm: tuple | None = None,
             prefer: str = "auto") -> None:
@@ -314,10 +314,10 @@ def build(config: dict, caches: list, searches: list, rollouts: list, targets_by
         for name, spec in prms.items():
             if spec["format"] == "value-head":
                 add("train_value_head", {"model": model, "trained": name}, [], 1, with_policy=False,
-                    prm=(name, model, TRAIN_BATCH))
+                    prm=(name, model))
             sampled = [c for c in model_caches if c.kind == "sampled"]
             add("score", {"model": model, "prm": name}, [], sum(len(c.shards) for c in sampled), with_policy=False,
-                prm=(name, model, int(spec.get("batch_size", 32))))
+                prm=(name, model))
         for entry_name, entry in config.get("search", {}).items():
             for name in entry.get("prms", list(prms)):
                 found = [s for s in searches if s.model == model and s.prm == name and s.name == entry_name]
@@ -325,7 +325,7 @@ def build(config: dict, caches: list, searches: list, rollouts: list, targets_by
                     continue
                 add("search", {"model": model, "prm": name, "search": entry_name}, [s.key for s in found],
                     sum(len(s.budgets) * len(s.blocks) for s in found), with_policy=True,
-                    prm=(name, model, int(prms[name].get("batch_size", 32))), prefer=entry.get("prm_device", "auto"))
+                    prm=(name, model), prefer=entry.get("prm_device", "auto"))
     for g in groups:
         if g.target.cpu:
             continue
