@@ -327,9 +327,13 @@ def test_missing_or_broken_bwrap_stops_before_running_anything(bwrap, tmp_path, 
     bindir = Path(tempfile.mkdtemp(prefix="fake-bwrap-", dir="/tmp"))
     bindir.chmod(0o755)
     fake = bindir / "bwrap"
-    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo bubblewrap 0.4.1; exit 0; }\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(SandboxUnavailable, match="bubblewrap 0.4.1 .* too old"):
+        Sandbox(Limits())
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo bubblewrap 0.8.0; exit 0; }\n"
+                    "echo 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
     marker = tmp_path / "ran"
     with pytest.raises(SandboxUnavailable, match="refuses to start.*namespace"):
         Sandbox(Limits()).check()

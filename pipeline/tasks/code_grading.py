@@ -77,8 +77,11 @@ def verdict(ex: Execution, limits: Limits) -> Verdict:
     if ex.output_exceeded:
         return Verdict("fail", f"printed more than {limits.output_kb} KiB (output limit)", None, ex.wall_s)
     if result is not None and result.get("status") in ("pass", "fail"):
-        status, reason = result["status"], str(result.get("reason", ""))
-        behaviour = f"{int(result['calls'])} calls {result['behaviour'][:16]}" if result.get("behaviour") else None
+        status, reason = result["status"], str(result.get("reason", ""))[:1000]
+        calls, digest = result.get("calls"), result.get("behaviour")
+        if not (isinstance(calls, int) and isinstance(digest, str)):  # only a program that found the nonce
+            return Verdict("fail", "the test harness's report was tampered with", None, ex.wall_s)
+        behaviour = f"{calls} calls {digest[:16]}" if digest else None
         return Verdict(status, _limit_hint(reason, limits), behaviour, ex.wall_s)
     if not ex.started:
         said = ex.output.decode("utf-8", "replace").strip()[:300]
@@ -112,10 +115,13 @@ def execute(sandbox: Sandbox, payloads: list[dict], *, workers: int,
     script = code_harness.script()
 
     def one(payload: dict) -> Verdict:
-        ex = sandbox.run(script, payload)
-        if not ex.started:
+        try:
             ex = sandbox.run(script, payload)
-        v = verdict(ex, sandbox.limits)
+            if not ex.started:
+                ex = sandbox.run(script, payload)
+            v = verdict(ex, sandbox.limits)
+        except Exception as e:  # the grader's own failure on one program: that program's error
+            v = Verdict("error", f"grader error: {type(e).__name__}: {e}"[:300], None, 0.0)
         if on_done is not None:
             on_done()
         return v
@@ -125,9 +131,10 @@ def execute(sandbox: Sandbox, payloads: list[dict], *, workers: int,
 
 
 def grade_code(samples: pl.DataFrame, problems: pl.DataFrame, *, prompt: dict, sandbox: Sandbox,
-               workers: int) -> tuple[pl.DataFrame, dict]:
+               workers: int, dedupe: bool = True) -> tuple[pl.DataFrame, dict]:
     """CODE_GRADES rows for `samples` (problem_id, sample_idx, text), in problem order then
-    sample_idx, and a summary (counts by status, executions, seconds)."""
+    sample_idx, and a summary (counts by status, executions, seconds). `dedupe=False`
+    runs every sample, repeated programs too (benchmarks/sandbox_cost.py)."""
     order = {pid: i for i, pid in enumerate(problems["problem_id"].to_list())}
     if len(order) != problems.height:
         raise ValueError("grade: duplicate problem_id in problems")
@@ -144,14 +151,15 @@ def grade_code(samples: pl.DataFrame, problems: pl.DataFrame, *, prompt: dict, s
 
     # one execution per distinct (problem, program)
     programs = [code.program(prompt, questions[p], t or "", entries[p]) for p, t in zip(pids, texts)]
-    unique: dict[tuple[str, str], int] = {}
-    for p, prog in zip(pids, programs):
-        unique.setdefault((p, prog), len(unique))
-    payloads = [{"program": prog, "test": tests[p], "entry_point": entries[p]} for p, prog in unique]
+    unique: dict[tuple, int] = {}
+    for i, (p, prog) in enumerate(zip(pids, programs)):
+        unique.setdefault((p, prog) if dedupe else (p, prog, i), len(unique))
+    payloads = [{"program": k[1], "test": tests[k[0]], "entry_point": entries[k[0]]} for k in unique]
+    run_of = [unique[(p, prog) if dedupe else (p, prog, i)] for i, (p, prog) in enumerate(zip(pids, programs))]
     bar = progress(range(len(payloads)), desc="grade (sandboxed runs)", total=len(payloads), unit="run")
     verdicts = execute(sandbox, payloads, workers=workers, on_done=lambda: bar.update(1))
     bar.close()
-    per_sample = [verdicts[unique[(p, prog)]] for p, prog in zip(pids, programs)]
+    per_sample = [verdicts[r] for r in run_of]
 
     classes: list[int] = []
     keys_of: dict[str, dict[tuple[str, str], int]] = {}

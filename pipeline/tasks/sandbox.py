@@ -91,7 +91,7 @@ class Limits:
 
     timeout_s: float = 10.0  # wall clock, from the start of bwrap
     cpu_s: int = 5  # CPU seconds per process (RLIMIT_CPU)
-    memory_mb: int = 1024  # address space per process (RLIMIT_AS)
+    memory_mb: int = 512  # address space per process (RLIMIT_AS)
     processes: int = 8  # processes + threads of the sandbox at once (RLIMIT_NPROC)
     output_kb: int = 1024  # stdout + stderr, together
     tmp_mb: int = 64  # the private /tmp (and the largest file, RLIMIT_FSIZE)
@@ -185,6 +185,16 @@ def find_bwrap() -> str:
     return path
 
 
+def bwrap_version(bwrap: str) -> tuple[int, ...]:
+    """`bwrap --version` ("bubblewrap 0.8.0") as a tuple; (0,) when it does not say."""
+    try:
+        said = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return (0,)
+    digits = said.split()[-1].split(".") if said.split() else []
+    return tuple(int(d) for d in digits if d.isdigit()) or (0,)
+
+
 def _readable_by_nobody(path: Path) -> bool:
     """Every directory on the way searchable, the file readable and executable by others."""
     try:
@@ -228,15 +238,23 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, *, python: str | None = None) -> None:
         self.limits = limits or Limits()
         self.bwrap = find_bwrap()
+        self.version = bwrap_version(self.bwrap)
+        if self.version < (0, 6):
+            raise SandboxUnavailable(f"bubblewrap {'.'.join(map(str, self.version))} at {self.bwrap} is too old: "
+                                     "0.6 or later is needed (--size bounds the sandbox's /tmp)")
+        # --disable-userns (0.8+): no nested user namespaces. Without it (0.6, 0.7) a
+        # nested namespace stays inside this sandbox's namespaces and under its limits
+        # (RLIMIT_NPROC counts every level), but exposes more of the kernel.
+        self.disable_userns = self.version >= (0, 8)
         self.as_root = os.geteuid() == 0
         self.python = choose_python(python, as_root=self.as_root)
         self._argv = self._base_argv()
 
     def _base_argv(self) -> list[str]:
         tmp, shm = self.limits.tmp_mb << 20, SHM_BYTES
-        argv = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox", "--uid", str(NOBODY),
-                "--gid", str(NOBODY), "--clearenv"]
+        argv = [self.bwrap, "--unshare-all", "--unshare-user", *(["--disable-userns"] if self.disable_userns else []),
+                "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
+                "--uid", str(NOBODY), "--gid", str(NOBODY), "--clearenv"]
         for k, v in (("PATH", "/usr/bin:/bin"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"), ("LANG", "C.UTF-8"),
                      ("PYTHONHASHSEED", "0"), ("PYTHONDONTWRITEBYTECODE", "1")):
             argv += ["--setenv", k, v]
@@ -259,8 +277,8 @@ class Sandbox:
 
     def describe(self) -> dict[str, Any]:
         """What graded with this sandbox: tool, interpreter, limits (for provenance)."""
-        version = subprocess.run([self.bwrap, "--version"], capture_output=True, text=True).stdout.strip()
-        return {"tool": version or "bwrap", "python": str(self.python), "as_user": NOBODY if self.as_root else os.geteuid(),
+        return {"tool": f"bubblewrap {'.'.join(map(str, self.version))}", "python": str(self.python),
+                "as_user": NOBODY if self.as_root else os.geteuid(), "nested_userns": not self.disable_userns,
                 "limits": asdict(self.limits)}
 
     def run(self, script: str, payload: Any = None) -> Execution:
