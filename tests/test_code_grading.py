@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 
 import polars as pl
 import pytest
@@ -141,9 +140,7 @@ def test_harness_module_level_asserts_recursion_and_seeded_inputs():
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    if shutil.which("bwrap") is None:
-        pytest.fail("bubblewrap (bwrap) is missing: run scripts/install_sandbox.sh")
+def sandbox(bwrap) -> Sandbox:
     s = Sandbox(Limits(timeout_s=20, cpu_s=5, memory_mb=512))
     s.check()
     return s

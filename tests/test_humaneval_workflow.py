@@ -25,9 +25,7 @@ CODE["shards"] = {"problems": 8, "samples": 4}
 
 
 @pytest.fixture(scope="module")
-def code_run(baseline, tmp_path_factory):
-    if shutil.which("bwrap") is None:
-        pytest.fail("bubblewrap (bwrap) is missing: run scripts/install_sandbox.sh")
+def code_run(baseline, bwrap, tmp_path_factory):
     run = tmp_path_factory.mktemp("humaneval")
     # the built model and Snakemake's records of it (so it counts as up to date)
     shutil.copytree(baseline / "results" / "models", run / "results" / "models", symlinks=True)

@@ -5,8 +5,8 @@ pipeline.grading --task code`, real bubblewrap) in one batch beside correct ones
 must be graded fail or timeout with its reason, and afterwards the planted files are
 unchanged, the listeners saw no connection, no process of a sample is left, the secret
 never reached a sample, the stage completed and the correct samples passed. bubblewrap
-is installed when missing (scripts/install_sandbox.sh); where that is impossible these
-tests fail, saying so: code grading never runs without it.
+is installed when missing (the `bwrap` fixture, scripts/install_sandbox.sh); where that is
+impossible these tests fail, saying so: code grading never runs without it.
 """
 
 from __future__ import annotations
@@ -36,15 +36,6 @@ PROMPT = {"format": "plain", "template": "{question}\n"}
 QUESTION = 'def add(a, b):\n    """Return a + b."""\n'
 TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
 CORRECT = "    return a + b\n"
-
-
-@pytest.fixture(scope="module")
-def bwrap() -> str:
-    if shutil.which("bwrap") is None:
-        got = subprocess.run(["bash", str(REPO / "scripts" / "install_sandbox.sh")], capture_output=True, text=True)
-        if got.returncode != 0 or shutil.which("bwrap") is None:
-            pytest.fail(f"bubblewrap is needed for code grading and cannot be installed here: {got.stderr.strip()}")
-    return shutil.which("bwrap")
 
 
 class Listener:
