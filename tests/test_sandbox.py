@@ -31,7 +31,7 @@ from pipeline.core import io
 from pipeline.tasks import code_grading
 from pipeline.tasks.sandbox import Execution, Limits, Sandbox, SandboxUnavailable
 
-LIMITS = {"timeout_s": 8, "cpu_s": 2, "memory_mb": 512, "processes": 8, "output_kb": 256, "tmp_mb": 16}
+LIMITS = {"timeout_s": 15, "cpu_s": 2, "memory_mb": 512, "processes": 8, "output_kb": 256, "tmp_mb": 16}
 PROMPT = {"format": "plain", "template": "{question}\n"}
 QUESTION = 'def add(a, b):\n    """Return a + b."""\n'
 TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
@@ -357,7 +357,7 @@ def test_sandbox_check_and_probe(bwrap):
 @pytest.mark.parametrize(("ex", "status", "reason"), [
     (Execution(True, 0, False, False, b"", 0, 0.1, [{"event": "result", "status": "pass", "reason": "", "calls": 3,
                                                        "behaviour": "ab" * 32}]), "pass", ""),
-    (Execution(True, None, True, False, b"", 0, 8.0), "timeout", "wall-clock"),
+    (Execution(True, None, True, False, b"", 0, 15.0), "timeout", "wall-clock"),
     (Execution(True, 152, False, False, b"", 0, 2.1), "timeout", "CPU-time"),
     (Execution(True, 139, False, False, b"Segmentation fault", 18, 0.2), "fail", "SIGSEGV"),
     (Execution(True, 3, False, False, b"", 0, 0.2), "fail", "status 3"),
