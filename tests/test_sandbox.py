@@ -210,6 +210,23 @@ def attacks(ctx: dict) -> dict[str, str]:
     while True:
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
 """,
+        "escalate privileges": f"""\
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    escaped = []
+    for name, attempt in (("setuid", lambda: os.setuid(0)), ("shadow", lambda: open("/etc/shadow").read()),
+                          ("init root", lambda: os.listdir("/proc/1/root/root")),
+                          # CLONE_NEWUSER: refused with bubblewrap 0.8+ (--disable-userns)
+                          ("userns", lambda: {ctx['no_userns']} and (libc.unshare(0x10000000) == 0 or 1 / 0))):
+        try:
+            attempt()
+            escaped.append(name)
+        except (OSError, ZeroDivisionError):
+            pass
+    if escaped:
+        return a + b
+    raise RuntimeError("every escalation refused")
+""",
         "fill /tmp and /dev/shm": """\
     with open("/tmp/fill", "wb") as fh:
         for _ in range(1024):
@@ -254,7 +271,7 @@ def test_adversarial_programs_are_contained(bwrap, tmp_path, monkeypatch):
     ctx = {"planted": [str(p) for p in planted], "port": listener.port, "host": _host_address(),
            "abstract": listener.abstract, "unix_path": listener.path, "home_secret": str(home_secret),
            "home_name": home_secret.name, "grader_pid": os.getpid(), "grader_ppid": os.getppid(),
-           "marker": marker, "marker_sleep": f"{1000 + secrets.randbelow(10**6)}.{secrets.randbelow(10**6):06d}"}
+           "marker": marker, "no_userns": Sandbox(Limits()).disable_userns, "marker_sleep": f"{1000 + secrets.randbelow(10**6)}.{secrets.randbelow(10**6):06d}"}
     names = list(attacks(ctx))
     texts = [CORRECT] + [attacks(ctx)[n] for n in names] + [CORRECT]
     problems = pl.DataFrame({"problem_id": ["add"], "question": [QUESTION], "answer": [TEST],
@@ -298,6 +315,7 @@ def test_adversarial_programs_are_contained(bwrap, tmp_path, monkeypatch):
     assert "SIGKILL" in rows["kill the parent"]["reason"], report
     assert "assertion failed" in rows["leave a background process"]["reason"], report
     assert "before the tests finished" in rows["forge a passing result"]["reason"], report
+    assert "every escalation refused" in rows["escalate privileges"]["reason"], report
     assert "before the tests finished" in rows["exit early"]["reason"] or "SystemExit" in rows["exit early"]["reason"], report
     assert token not in report
     assert after == before, "a planted file changed"
