@@ -78,6 +78,8 @@ def test_execution_settings_stay_out_of_the_cache_key():
     assert ident["sha256"]  # the package's data file pins the problems
     config = {"datasets": {"he": base, "arith": {"source": "arith", "limit": 2}}, "prms": {}}
     assert plan.code_datasets(config) == ["he"]
+    with pytest.raises(ValueError, match="datasets.arith.execution: only code datasets"):
+        plan.dataset_identity("arith", {"source": "arith", "limit": 2, "execution": {}})
 
 
 # ------------------------------------------------------------------------------ programs

