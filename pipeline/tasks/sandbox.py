@@ -395,12 +395,18 @@ class Sandbox:
             return proc.wait()
 
     def check(self) -> dict[str, Any]:
-        """Start one sandbox and verify it isolates (before any untrusted code runs).
+        """Start one sandbox and verify it isolates (before any untrusted code runs): a
+        read-only system, a private writable /tmp, no network, its own PID namespace,
+        not root, the process limit, no host home, neither the grader's working
+        directory nor the checkout visible, a cleared environment.
 
         Raises SandboxUnavailable with bwrap's own message when it cannot start, or
         naming the property that does not hold. Returns `describe()`.
         """
-        ex = self.run(_PROBE, {"processes": self.limits.processes})
+        # the grader's working directory (the run's, holding results/) and the checkout
+        # must not be visible (they would be if they lived under /usr, say)
+        hidden = sorted({os.getcwd(), str(Path(__file__).resolve().parents[2])} - {"/"})
+        ex = self.run(_PROBE, {"processes": self.limits.processes, "hidden": hidden})
         found = next((m for m in ex.messages if m.get("event") == "probe"), None)
         if not ex.started or found is None:
             said = ex.output.decode("utf-8", "replace").strip() or f"exit status {ex.returncode}"
@@ -443,6 +449,9 @@ checks["own PID namespace"] = os.getpid() < 10 and sorted(int(p) for p in os.lis
 checks["not root"] = os.getuid() != 0 and os.geteuid() != 0
 checks["process limit"] = resource.getrlimit(resource.RLIMIT_NPROC)[0] == payload["processes"]
 checks["no host home"] = not os.path.exists("/root") and not os.path.exists("/home")
+seen = [p for p in payload["hidden"] if os.path.exists(p)]
+checks["no checkout or results"] = not seen
+details += ["visible: " + p for p in seen]
 checks["clean environment"] = "PYTHONHASHSEED" in os.environ and len(os.environ) <= 8
 report({"event": "probe", "checks": checks, "details": "; ".join(details)})
 """
