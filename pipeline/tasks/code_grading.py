@@ -88,6 +88,9 @@ def verdict(ex: Execution, limits: Limits) -> Verdict:
         return Verdict("error", f"the sandbox did not start: {said or f'exit status {ex.returncode}'}", None, ex.wall_s)
     if ex.timed_out:
         return Verdict("timeout", f"wall-clock limit of {limits.timeout_s:g} s", None, ex.wall_s)
+    if ex.oom_killed:
+        return Verdict("fail", f"killed at the sandbox's memory limit ({limits.memory_mb + limits.tmp_mb} MiB for "
+                               "all its processes and /tmp together)", None, ex.wall_s)
     sig = ex.killed_by()
     if sig == "SIGXCPU" or (sig == "SIGKILL" and ex.wall_s >= limits.cpu_s):
         return Verdict("timeout", f"CPU-time limit of {limits.cpu_s:g} s ({sig})", None, ex.wall_s)

@@ -33,8 +33,12 @@ What a sandboxed program sees and may do (each execution, `bwrap` + the launcher
                 RLIMIT_NOFILE (256), RLIMIT_CORE (0). Measured outside: wall time
                 (`timeout_s`, from the start of bwrap) and output (`output_kb` of
                 stdout + stderr together): either kills the whole sandbox at once.
-    memory      at most `processes` x `memory_mb` of address space, plus `tmp_mb` of
-                tmpfs and 1 MiB of /dev/shm.
+    memory      where the grader may create cgroups (root; pipeline/tasks/cgroups.py):
+                `memory_mb` + `tmp_mb` for all the sandbox's processes and its tmpfs
+                together, and `processes` tasks (pids.max), the kernel OOM-killing
+                inside the sandbox beyond it (`Execution.oom_killed`). Elsewhere only
+                the rlimits: at most `processes` x `memory_mb` of address space, plus
+                `tmp_mb` of tmpfs and 1 MiB of /dev/shm. `describe()` says which.
     ending      when the program's main process exits, is killed or runs out of
                 time, every process of the sandbox dies with it: the sandbox's init is
                 PID 1 of its PID namespace, and the kernel kills a namespace's every
@@ -58,9 +62,12 @@ workflow's own base interpreter when the sandbox user can read it, else /usr/bin
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import re
 import secrets
+import select
 import selectors
 import shutil
 import signal
@@ -71,6 +78,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from pipeline.tasks import cgroups
 
 NOBODY = 65534
 SHM_BYTES = 1 << 20
@@ -137,6 +146,8 @@ class Execution:
     output_bytes: int  # all bytes printed (up to the kill)
     wall_s: float
     messages: list[dict] = field(default_factory=list)  # report() calls, in order
+    oom_killed: bool = False  # the kernel killed a process at the sandbox's cgroup memory cap
+    peak_bytes: int | None = None  # the sandbox's peak memory (cgroup), when capped
 
     def killed_by(self) -> str | None:
         """The signal that ended the program (by name), from bwrap's 128 + n status."""
@@ -249,6 +260,15 @@ class Sandbox:
         self.as_root = os.geteuid() == 0
         self.python = choose_python(python, as_root=self.as_root)
         self._argv = self._base_argv()
+        # whole-sandbox memory and process caps where cgroups can be made (cgroups.py)
+        self.slots = cgroups.Slots.create((self.limits.memory_mb + self.limits.tmp_mb) << 20, self.limits.processes)
+        if self.slots is not None:
+            atexit.register(self.slots.close)
+
+    def close(self) -> None:
+        """Remove the sandboxes' cgroups (also done at exit)."""
+        if self.slots is not None:
+            self.slots.close()
 
     def _base_argv(self) -> list[str]:
         tmp, shm = self.limits.tmp_mb << 20, SHM_BYTES
@@ -277,9 +297,10 @@ class Sandbox:
 
     def describe(self) -> dict[str, Any]:
         """What graded with this sandbox: tool, interpreter, limits (for provenance)."""
+        caps = f"per sandbox ({self.slots.describe()}) and per process" if self.slots else "per process only"
         return {"tool": f"bubblewrap {'.'.join(map(str, self.version))}", "python": str(self.python),
                 "as_user": NOBODY if self.as_root else os.geteuid(), "nested_userns": not self.disable_userns,
-                "limits": asdict(self.limits)}
+                "memory_and_process_caps": caps, "limits": asdict(self.limits)}
 
     def run(self, script: str, payload: Any = None) -> Execution:
         """Execute `script` (Python source, with `payload` and `report` in its globals) in a
@@ -287,24 +308,87 @@ class Sandbox:
         nonce = secrets.token_hex(16)
         job = json.dumps({"nonce": nonce, "rlimits": self.limits.rlimits(), "script": script,
                           "payload": payload}).encode()
+        slot = self.slots.acquire() if self.slots is not None else None
+        try:
+            return self._run(job, nonce, slot)
+        finally:
+            if slot is not None:
+                self.slots.release(slot)
+
+    def _run(self, job: bytes, nonce: str, slot: cgroups.Slot | None) -> Execution:
         read_res, write_res = os.pipe()
-        argv = [*self._argv, str(self.python), "-B", "-s", "-S", "-c", LAUNCHER, str(write_res)]
+        fds = [read_res, write_res]
+        gate: list[str] = []
+        if slot is not None:  # the sandbox waits on --block-fd until it is in its cgroup
+            read_info, write_info = os.pipe()
+            read_block, write_block = os.pipe()
+            fds += [read_info, write_info, read_block, write_block]
+            gate = ["--info-fd", str(write_info), "--block-fd", str(read_block)]
+            oom_before = slot.oom_kills()
+            slot.reset_peak()
+        argv = [*self._argv, *gate, str(self.python), "-B", "-s", "-S", "-c", LAUNCHER, str(write_res)]
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(write_res,), start_new_session=True, env={"PATH": "/usr/bin:/bin"},
+                pass_fds=(write_res,) if slot is None else (write_res, write_info, read_block),
+                start_new_session=True, env={"PATH": "/usr/bin:/bin"},
                 **({"user": NOBODY, "group": NOBODY, "extra_groups": []} if self.as_root else {}),
             )
         except OSError as e:
-            os.close(read_res)
-            os.close(write_res)
+            for fd in fds:
+                os.close(fd)
             return Execution(False, None, False, False, f"could not start bwrap: {e}".encode(), 0, 0.0)
-        os.close(write_res)
         try:
-            return self._communicate(proc, job, read_res, nonce, started)
+            os.close(write_res)
+            if slot is not None:
+                os.close(write_info)
+                os.close(read_block)
+                failed = self._enter(proc, slot, read_info, write_block, started)
+                if failed:
+                    self._kill(proc)
+                    self._reap(proc)
+                    return Execution(False, proc.returncode, False, False, failed.encode(), 0,
+                                     time.monotonic() - started)
+            ex = self._communicate(proc, job, read_res, nonce, started)
+            if slot is not None:
+                ex.oom_killed = slot.oom_kills() > oom_before
+                ex.peak_bytes = slot.peak()
+                for pid in slot.members():  # none: the PID namespace ended with the sandbox
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            return ex
         finally:
-            os.close(read_res)
+            for fd in (read_res, *([read_info, write_block] if slot is not None else [])):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _enter(self, proc: subprocess.Popen, slot: cgroups.Slot, read_info: int, write_block: int,
+               started: float) -> str | None:
+        """Move the blocked sandbox's init into `slot`, then let it run; a message on failure.
+        Without a child PID bwrap failed to start: let _communicate read its error."""
+        info = b""
+        deadline = started + self.limits.timeout_s
+        while (m := re.search(rb'"child-pid":\s*(\d+)', info)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "the sandbox did not report its PID in time"
+            if not select.select([read_info], [], [], remaining)[0]:
+                continue
+            chunk = os.read(read_info, 4096)
+            if not chunk:
+                return None
+            info += chunk
+        try:
+            slot.enter(int(m.group(1)))
+        except OSError as e:
+            return f"could not put the sandbox into its cgroup: {e}"
+        os.write(write_block, b"1")
+        return None
 
     def _communicate(self, proc: subprocess.Popen, job: bytes, read_res: int, nonce: str,
                      started: float) -> Execution:
@@ -421,6 +505,10 @@ class Sandbox:
         if failed:
             raise SandboxUnavailable(f"the code-grading sandbox ({self.bwrap}) starts but does not isolate: "
                                      f"{', '.join(failed)} ({found.get('details', '')}). Nothing was run.")
+        if self.slots is not None and not ex.peak_bytes:
+            # the probe's memory was not charged to its cgroup: the caps would not hold
+            self.slots.close()
+            self.slots = None
         return self.describe()
 
 
