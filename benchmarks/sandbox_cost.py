@@ -20,6 +20,10 @@
    the config (`--samples`, its shards), else each problem's canonical solution 16
    times (all pass: the floor of the cost; model samples add failures and timeouts).
    Prints the wall time, the status counts and the time lost to timeouts.
+4. The same grading as the grade stage does it, identical programs of a problem run
+   once (`grade_code`'s default): the distinct executions, the wall time beside
+   part 3's, and how many samples' statuses differ between the two (timeouts only,
+   where a program near the wall-clock limit lands on either side of it).
 
 The machine may be shared: the load average before each part is printed beside it.
 """
@@ -76,7 +80,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "config" / "humaneval.yaml"))
     ap.add_argument("--samples", help="a sampled cache folder of the config's HumanEval run (default: canonical x 16)")
     ap.add_argument("--n", type=int, default=16, help="samples per problem for part 3")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1,2,3)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1,2,3,4; 4 needs 3)")
     a = ap.parse_args()
 
     import yaml
@@ -182,6 +186,17 @@ def _parts(a, skip, sandbox, script, payload, limits, execution, problems, promp
         print(f"   {wall:.1f} s wall ({wall / samples.height * 1e3:.1f} ms per execution; "
               f"{'n/a' if cpu is None else f'{cpu:.1f} s'} CPU); statuses {summary['status']}; "
               f"{slow} timeouts (each holds a sandbox for up to {limits.timeout_s:g} s); {_load()}")
+
+        if "4" not in skip:
+            print(f"\n4. the same samples as the grade stage grades them (identical programs once; {_load()}):")
+            t0 = time.monotonic()
+            once, summary1 = code_grading.grade_code(samples, problems, prompt=prompt, sandbox=sandbox,
+                                                      workers=workers)
+            wall1 = time.monotonic() - t0
+            differ = int((once["status"] != grades["status"]).sum())
+            print(f"   {summary1['executions']} executions for {once.height} samples: {wall1:.1f} s wall "
+                  f"({wall1 / wall:.2f}x part 3's {wall:.1f} s); statuses {summary1['status']}; "
+                  f"{differ} samples' statuses differ from part 3; {_load()}")
 
 
 if __name__ == "__main__":
