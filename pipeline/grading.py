@@ -16,13 +16,14 @@ def main(argv: list[str] | None = None) -> None:
     """python -m pipeline.grading --problems P --out F SHARD.parquet ..."""
     import argparse
 
-    from pipeline.core import io
+    from pipeline.core import integrity, io
 
     ap = argparse.ArgumentParser(description="grade one sample cache")
     ap.add_argument("--problems", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("shards", nargs="+")
     a = ap.parse_args(argv)
+    integrity.check_inputs([a.problems, *a.shards])
     samples = pl.concat(
         [pl.read_parquet(f, columns=["problem_id", "sample_idx", "text"]) for f in a.shards]
     )
