@@ -409,8 +409,9 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path, *, analysis: 
         create_views(con, has_models="models" in tables)
         con.close()
         os.replace(tmp, out)
-    finally:
+    finally:  # a failed write (a full disk) leaves neither the file nor its write-ahead log
         tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
 
 
 def create_views(con, *, has_models: bool = True) -> None:

@@ -71,7 +71,7 @@ KEYS = {"samples": ("problem_id", "sample_idx"), "scores": ("problem_id", "sampl
 PLAIN_INPUTS = {"grades": {"problems", "samples"}, "scores": {"samples", "value_head"},
                 "replay": {"grades", "samples"}, "replay_prm": {"grades", "samples", "scores"},
                 "database": {k.name for k in layout.KINDS} - {"database", "model_dir", "info"}}
-_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp|\.inference\.duckdb\.\d+\.tmp|.+\.tmp")
+_TEMP = re.compile(r".+\.tmp(\.wal)?")  # io's .NAME.XXXXXXXX.tmp, the database's, hf.tmp, a head's
 
 
 @dataclass

@@ -445,3 +445,32 @@ def test_a_write_onto_a_full_disk_leaves_nothing(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["ENOSPC", "['filler']", "True"], proc.stdout + proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------- a real run
+
+
+@pytest.mark.integration
+def test_a_real_run_verifies_and_the_layout_mirrors_its_rules(baseline, tmp_path, run_verify):
+    """Every output of the session's real run is a kind of pipeline/core/layout.py, with
+    the inputs Snakemake recorded for it among those the layout names; the run verifies."""
+    from conftest import TINY, snakemake
+
+    rc, out = run_verify(baseline / "results")
+    assert rc == 0 and "damaged" not in out, out
+    summary = snakemake(baseline, TINY, "--detailed-summary").stdout.splitlines()
+    header = summary[0].split("\t")
+    index = layout.Index(verify.scan(baseline / "results")[0])
+    seen = set()
+    for line in summary[1:]:
+        row = dict(zip(header, line.split("\t")))
+        rel = row["output_file"].removeprefix("results/")
+        e = layout.parse(rel)
+        if e is None:
+            assert not rel.endswith((".parquet", ".duckdb")) and "/hf" not in rel, rel
+            continue
+        seen.add(e.kind)
+        named = {x.rel for x, _ in layout.inputs(e, index)}
+        recorded = {f.removeprefix("results/") for f in row["input-file(s)"].split(",") if f.startswith("results/")}
+        assert {f for f in recorded if layout.parse(f)} <= named, (rel, recorded - named)
+    assert seen == {k.name for k in layout.KINDS}, seen
