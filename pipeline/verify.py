@@ -221,7 +221,7 @@ def check_file(results: Path, e: layout.Entry) -> tuple[Status, dict[str, str] |
         return Status(e, "NO RECORD", f"{exc.problem}; its structure is sound", adoptable=True), None
     recorded = None
     if not layout.KIND[e.kind].is_dir:
-        meta = io.read_parquet_metadata(path)
+        meta = io.read_parquet_metadata(path, integrity_keys=True)
         if integrity.INPUTS in meta:
             recorded = json.loads(meta[integrity.INPUTS])
     return Status(e, "ok", digest=digest), recorded

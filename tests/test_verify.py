@@ -202,7 +202,7 @@ def test_every_byte_and_every_cut_of_a_parquet_file_is_detected(tmp_path):
     f = tmp_path / "x.parquet"
     io.write_parquet(pl.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}), f, metadata={"k": "v"})
     good = f.read_bytes()
-    assert integrity.digest(f) == io.read_parquet_metadata(f)[integrity.RECORD]
+    assert integrity.digest(f) == io.read_parquet_metadata(f, integrity_keys=True)[integrity.RECORD]
     assert pl.read_parquet(f).equals(pl.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}))
     def caught(data: bytes) -> bool:  # an error, or no record left (a flip in its key)
         try:
@@ -436,7 +436,7 @@ def test_a_write_onto_a_full_disk_leaves_nothing(tmp_path):
         print(sorted(os.listdir({str(disk)!r})))
         os.remove({str(disk / "filler")!r})
         io.write_parquet(df, {str(disk / "out.parquet")!r})
-        print(integrity.digest({str(disk / "out.parquet")!r}) == io.read_parquet_metadata({str(disk / "out.parquet")!r})[integrity.RECORD])
+        print(integrity.digest({str(disk / "out.parquet")!r}) == io.read_parquet_metadata({str(disk / "out.parquet")!r}, integrity_keys=True)[integrity.RECORD])
     """)
     (tmp_path / "write.py").write_text(script)
     cmd = (f"mount -t tmpfs -o size=512k tmpfs {disk} && head -c 450000 /dev/zero > {disk}/filler && "

@@ -123,13 +123,15 @@ def write_parquet(df: pl.DataFrame, path: str | Path, *, metadata: dict[str, str
 _POLARS_WRITES_METADATA = "metadata" in inspect.signature(pl.DataFrame.write_parquet).parameters
 
 
-def read_parquet_metadata(path: str | Path) -> dict[str, str]:
+def read_parquet_metadata(path: str | Path, *, integrity_keys: bool = False) -> dict[str, str]:
     """The key-value metadata of a Parquet file's footer (empty when it has none);
-    Arrow's own schema entry is left out."""
+    Arrow's own schema entry is left out, and so are the checksum record and the input
+    digests (`integrity.RECORD`, `integrity.INPUTS`) unless `integrity_keys`."""
     import pyarrow.parquet as pq
 
     raw = pq.read_metadata(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in raw.items() if k != b"ARROW:schema"}
+    hidden = {b"ARROW:schema"} | (set() if integrity_keys else {integrity.RECORD.encode(), integrity.INPUTS.encode()})
+    return {k.decode(): v.decode() for k, v in raw.items() if k not in hidden}
 
 
 def write_json(obj: Any, path: str | Path, *, sole_writer: bool = True) -> None:
