@@ -403,10 +403,14 @@ def report(results: Path, statuses: list[Status], leftovers: list[str], *, verbo
     bad = len(statuses) - counts.get("ok", 0)
     parts = [f"{counts[s]} {s.lower() if s != 'NO RECORD' else 'without a checksum record'}"
              for s in ("DAMAGED", "STALE", "NO RECORD") if counts.get(s)]
-    print(f"{results}: {len(statuses)} files checked: {counts.get('ok', 0)} ok"
-          + (", " + ", ".join(parts) if parts else "") + (f"; {len(leftovers)} leftover temporary files"
-                                                          if leftovers else "") + ".")
+    print(f"{results}: {_count(len(statuses), 'file')} checked: {counts.get('ok', 0)} ok"
+          + (", " + ", ".join(parts) if parts else "")
+          + (f"; {_count(len(leftovers), 'leftover temporary file')}" if leftovers else "") + ".")
     return bad
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -434,15 +438,16 @@ def main(argv: list[str] | None = None) -> None:
     statuses, leftovers, index = verify(results)
     if a.adopt_legacy:
         adopted = adopt(results, statuses)
-        print(f"adopted {len(adopted)} files without a checksum record into {results / integrity.LEDGER}")
+        print(f"adopted {_count(len(adopted), 'file')} without a checksum record into {results / integrity.LEDGER}")
         statuses, leftovers, index = verify(results)
     bad = report(results, statuses, leftovers, verbose=a.verbose)
     if not (a.remove_damaged or a.regenerate):
         if bad:
             unrecorded = sum(s.state == "NO RECORD" for s in statuses)
             if unrecorded:
-                print(f"{unrecorded} files have no checksum record: if this folder was written before checksums "
-                      f"existed, record them with: python -m pipeline.verify {results} --adopt-legacy")
+                print(f"{unrecorded} file{'s have' if unrecorded > 1 else ' has'} no checksum record: if this folder "
+                      f"was written before checksums existed, record them with: python -m pipeline.verify {results} "
+                      "--adopt-legacy")
             if bad > unrecorded:
                 print(f"Regenerate the damaged and stale files, and only what was computed from them: "
                       f"python -m pipeline.verify {results} --regenerate -- --cores all "
@@ -459,12 +464,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"REMOVE    {e.rel}  ({why[e]})")
     remove(results, targets, leftovers)
     if kept:
-        print(f"kept {len(kept)} sound files without a checksum record: adopt them with --adopt-legacy, or "
-              "regenerate them with --unrecorded")
+        print(f"kept {_count(len(kept), 'sound file')} without a checksum record: adopt them with --adopt-legacy, "
+              "or regenerate them with --unrecorded")
     names = [f"{results.name}/{e.rel}" for e in targets]
     if a.remove_damaged:
         if targets:
-            print(f"removed {len(targets)} files. Regenerate exactly these, then run the workflow as usual "
+            print(f"removed {_count(len(targets), 'file')}. Regenerate exactly these, then run the workflow as usual "
                   "(with your run's snakemake options):\n"
                   f"    snakemake --cores all {' '.join(names)}\n    snakemake --cores all")
         return
