@@ -376,13 +376,13 @@ def test_caches_are_write_protected(baseline, tmp_path):
 # --------------------------------------------------------------------------- a full disk
 
 
-def _mount_namespace() -> list[str]:
+def _mount_namespace(scratch: Path) -> list[str]:
     """A command prefix that runs in a private mount namespace where tmpfs can be mounted
     (as root: unshare --mount; otherwise a user namespace that maps us to root)."""
+    scratch.mkdir(exist_ok=True)
     for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
         if shutil.which("unshare") and subprocess.run(
-                [*prefix, "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d"],
-                capture_output=True).returncode == 0:
+                [*prefix, "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {scratch}"], capture_output=True).returncode == 0:
             return prefix
     pytest.skip("this machine cannot mount a small file system (no unshare, or mounts are not permitted "
                 "in a mount namespace): the full-disk test needs one")
@@ -400,7 +400,7 @@ def test_full_disk_during_generate_score_and_aggregate(baseline, tmp_path):
     """generate and score (phase 1 of a regeneration) and then aggregate hit a full file
     system: no file appears that reads as whole but is not, no temporary file stays, and
     with space `verify --regenerate` completes the run with the uninterrupted run's tables."""
-    prefix = _mount_namespace()
+    prefix = _mount_namespace(tmp_path / "scratch")
     run = copy_run(baseline, tmp_path / "run")
     results = run / "results"
     greedy = next(p for p in (results / "samples" / "arith" / MODEL).rglob("*_s0000-0001.parquet"))

@@ -407,13 +407,13 @@ def test_layout_names_every_kind():
 # ------------------------------------------------------------------------- a full disk
 
 
-def _mount_namespace() -> list[str]:
+def _mount_namespace(scratch: Path) -> list[str]:
     """A command prefix that runs in a private mount namespace where tmpfs can be mounted
     (root: unshare --mount; otherwise a user namespace mapping us to root)."""
+    scratch.mkdir(exist_ok=True)
     for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
         if shutil.which("unshare") and subprocess.run(
-                [*prefix, "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || "
-                 "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True).returncode == 0:
+                [*prefix, "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {scratch}"], capture_output=True).returncode == 0:
             return prefix
     pytest.skip("this machine cannot mount a small file system (no unshare, or mounts are not permitted): "
                 "the full-disk checks need one")
@@ -422,7 +422,7 @@ def _mount_namespace() -> list[str]:
 def test_a_write_onto_a_full_disk_leaves_nothing(tmp_path):
     """ENOSPC while the data, the checksum or the rename is written: the destination never
     appears and no temporary file stays; with space the same write succeeds."""
-    prefix = _mount_namespace()
+    prefix = _mount_namespace(tmp_path / "scratch")
     disk = tmp_path / "disk"
     disk.mkdir()
     script = textwrap.dedent(f"""
