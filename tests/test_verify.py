@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -268,6 +269,18 @@ def test_a_damaged_file_is_named_by_its_reader_and_by_verify(results, rel, damag
     state, note = listing(out)[rel]
     assert (state, what in note) == ("NO RECORD" if damage is unrecord else "DAMAGED", True), out
     assert {k for k, (s, _) in listing(out).items() if s in ("DAMAGED", "NO RECORD")} == {rel}, out
+
+
+def test_aggregate_checks_the_leaves_where_the_reference_protocol_reads_them(results):
+    from pipeline import aggregate
+
+    keep_mtime(results / LEAVES, truncate)
+    manifest = {"problems": {}, "replay": {}, "caches": [], "search": [{"files": [str(results / SEARCH)]}]}
+    assert aggregate.manifest_files(manifest) == [str(results / SEARCH)]
+    with pytest.raises(integrity.Damaged, match=re.escape(f"{results / LEAVES} is damaged: truncated")):
+        aggregate.main(["--manifest", json.dumps(manifest), "--config",
+                        json.dumps({"analysis": {"compat": {"protocol": "reference"}}}), "--db", "x", "--plot", "x",
+                        "--plot-n", "x", "--summary", "x", "--tables", "x"])
 
 
 def test_the_stage_error_is_one_message(results):
