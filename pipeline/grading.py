@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     --execution JSON --workers N] SHARD.parquet ..."""
     import argparse
 
-    from pipeline.core import io
+    from pipeline.core import integrity, io
 
     ap = argparse.ArgumentParser(description="grade one sample cache")
     ap.add_argument("--problems", required=True)
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=0, help="code: sandboxes at once (0: 4 per core)")
     ap.add_argument("shards", nargs="+")
     a = ap.parse_args(argv)
+    integrity.check_inputs([a.problems, *a.shards])
     samples = pl.concat(
         [pl.read_parquet(f, columns=["problem_id", "sample_idx", "text"]) for f in a.shards]
     )

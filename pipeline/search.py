@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.core import io, prompts, timing
+from pipeline.core import integrity, io, prompts, timing
 from pipeline.engine.vllm_engine import engine_args, engine_seed, make_engine
 from pipeline.prm.loading import open_prm
 from pipeline.treesearch.results import leaves_table, results
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from pipeline.engine import models
 
+    integrity.check_inputs([a.problems, *filter(None, [a.head])])
     info = json.loads(Path(a.info).read_text())
     start, stop = (int(x) for x in a.block[1:].split("-"))
     problems = pl.read_parquet(a.problems).slice(start, stop - start)

@@ -258,16 +258,20 @@ def get_prm_batch_size(wildcards):
 
 
 def get_training_inputs(wildcards):
+    # ancient: the training cache's key and the PRM spec (params) pin what the head is
+    # fitted on; a re-made identical input (a regenerated damaged shard, re-prepared
+    # problems) must not refit the head, which would rescore every paid-for score shard.
+    # A missing head, or a changed spec or training cache, still (re)fits it.
     cache = plan.find(CACHES, dataset=f"{wildcards.trained}-train", model=wildcards.model, kind="train")
     inputs = {
-        "problems": f"results/problems/{cache.dataset}.parquet",
-        "grades": f"results/grades/{cache.dataset}/{cache.model}/{cache.key}.parquet",
-        "shards": shard_paths(cache),
-        "info": f"results/models/{wildcards.model}/info.json",
+        "problems": ancient(f"results/problems/{cache.dataset}.parquet"),
+        "grades": ancient(f"results/grades/{cache.dataset}/{cache.model}/{cache.key}.parquet"),
+        "shards": ancient(shard_paths(cache)),
+        "info": ancient(f"results/models/{wildcards.model}/info.json"),
     }
     found = [r for r in ROLLOUTS if r.prm == wildcards.trained and r.model == wildcards.model]
     if found:
-        inputs["rollouts"] = found[0].path
+        inputs["rollouts"] = ancient(found[0].path)
     return inputs
 
 
