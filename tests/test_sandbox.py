@@ -294,8 +294,8 @@ def test_adversarial_programs_are_contained(bwrap, tmp_path, monkeypatch):
                              "metadata": [json.dumps({"task": "code", "entry_point": "add"})]})
     samples = pl.DataFrame({"problem_id": ["add"] * len(texts), "sample_idx": list(range(len(texts))), "text": texts},
                            schema={"problem_id": pl.String, "sample_idx": pl.Int32, "text": pl.String})
-    problems.write_parquet(tmp_path / "problems.parquet")
-    samples.write_parquet(tmp_path / "shard.parquet")
+    io.write_parquet(problems, tmp_path / "problems.parquet")
+    io.write_parquet(samples, tmp_path / "shard.parquet")
     out = tmp_path / "grades.parquet"
     try:
         started = time.monotonic()
@@ -368,9 +368,9 @@ def test_missing_or_broken_bwrap_stops_before_running_anything(bwrap, tmp_path, 
     # the stage: one message, no traceback, no grades, the program never ran
     problems = pl.DataFrame({"problem_id": ["add"], "question": [QUESTION], "answer": [TEST],
                              "metadata": [json.dumps({"task": "code", "entry_point": "add"})]})
-    problems.write_parquet(tmp_path / "problems.parquet")
-    pl.DataFrame({"problem_id": ["add"], "sample_idx": [0],
-                  "text": [f"    open({str(marker)!r}, 'w').write('ran')\n    return a + b\n"]}).write_parquet(tmp_path / "s.parquet")
+    io.write_parquet(problems, tmp_path / "problems.parquet")
+    io.write_parquet(pl.DataFrame({"problem_id": ["add"], "sample_idx": [0],
+                                   "text": [f"    open({str(marker)!r}, 'w').write('ran')\n    return a + b\n"]}), tmp_path / "s.parquet")
     env = {**os.environ, "PATH": f"{bindir}:/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "pipeline.grading", "--task", "code", "--problems",
                            str(tmp_path / "problems.parquet"), "--prompt", json.dumps(PROMPT),
