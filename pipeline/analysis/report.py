@@ -7,7 +7,10 @@
                                its 95% interval, the Pareto front (in-sample and held-out
                                accuracy, each point's paired gain over the previous one)
                                and the compute-optimal choice per budget (in-sample and
-                               held-out, paper FLOPs convention), measured latency
+                               held-out, paper FLOPs convention), DVTS and particle
+                               filtering against beam search, REBASE and sampling at
+                               matched FLOPs (pipeline.analysis.search_compare, from the
+                               `search_compare` frame when present), measured latency
                                (`latency_section`: seconds per problem beside FLOPs at the
                                largest n of every headline line, the device(s) they were
                                measured on, and the seconds front per device), the fitted
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.analysis import prm_quality
+from pipeline.analysis import prm_quality, search_compare
 from pipeline.analysis.views import COST_CONVENTIONS
 from pipeline.core import io
 
@@ -235,6 +238,7 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
                 "The in-sample choice and its accuracy beside the held-out accuracy of the choice made "
                 "on the other folds (folds agreeing: how many folds chose the same point).", "",
                 markdown_table(o), ""]
+        out += search_compare.summary_lines(views.get("search_compare"), dataset, markdown_table)
         out += latency_section(points.filter(pl.col("dataset") == dataset),
                                front.filter(pl.col("dataset") == dataset))
         fit = (fits or {}).get(dataset)
