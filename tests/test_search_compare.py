@@ -74,7 +74,8 @@ def test_compare_at_matched_flops():
     assert row["num_problems"] == 8 and row["verdict"].startswith("no difference detected at 8")
     # beam@4 costs 5 > 3: no beam run costs 3, so its nearest point, not matched
     beam = t.filter(convention="paper", selection="weighted_majority", comparator="beam").row(0, named=True)
-    assert beam["match"] == "nearest" and beam["flops_ratio"] == pytest.approx(5 / 3) and beam["verdict"] == "not matched"
+    assert beam["match"] == "nearest" and beam["flops_ratio"] == pytest.approx(5 / 3)
+    assert beam["verdict"] == "not matched (comparator 1.67x the FLOPs)"
     # sampling: weighted majority @2 / @4 (0.6, 0.7) mixed 0.5 / 0.5 -> 0.65 per problem
     samp = t.filter(convention="paper", selection="weighted_majority", comparator="sampling").row(0, named=True)
     assert samp["accuracy_comparator"] == pytest.approx(0.65) and samp["match"] == "mixture"
@@ -102,6 +103,11 @@ def test_compare_verdicts_and_monte_carlo_variance():
     expect = stats.contrast(d, np.full(8, 0.25 * 0.01 + 0.25 * 0.01))
     assert row["diff_se"] == pytest.approx(expect.diff_se) and row["verdict"] == "better"
     assert math.isclose(row["p_value"], expect.p_value, rel_tol=1e-9)
+    # beam@4 costs 5/3 of dvts: not matched, but dvts beats it with fewer FLOPs
+    beam = t.filter(convention="paper", selection="weighted_majority", comparator="beam").row(0, named=True)
+    assert beam["match"] == "nearest" and beam["ci_low"] > 0 and beam["verdict"] == "better with fewer FLOPs"
+    assert search_compare.verdict("nearest", stats.contrast([-1.0] * 8), 0.5) == "worse with more FLOPs"
+    assert search_compare.verdict("nearest", stats.contrast([-1.0] * 8), 2.0).startswith("not matched")
 
 
 def test_summary_section():

@@ -27,11 +27,14 @@ summarised by pipeline.analysis.stats.contrast (mean, SE, 95% normal interval,
 two-sided p) over the problems all points share. A comparator point within a relative
 1e-9 of F is used alone (`match` exact). When F lies outside the comparator's range, no
 run of it costs F: the row compares with its nearest point in log FLOPs (`match`
-"nearest", `flops_ratio` = its cost / F) and its verdict is "not matched" (a difference
-there mixes the strategy with the compute).
+"nearest", `flops_ratio` = its cost / F).
 
-Verdict (matched rows): "better" when the 95% interval lies above 0, "worse" below 0,
-otherwise "no difference detected at <n> problems".
+Verdict, matched rows: "better" when the 95% interval lies above 0, "worse" below 0,
+otherwise "no difference detected at <n> problems". Nearest rows decide only by
+dominance: "better with fewer FLOPs" (interval above 0 and the comparator costs at
+least as much), "worse with more FLOPs" (below 0, comparator costs at most as much),
+otherwise "not matched (comparator <ratio>x the FLOPs)": a difference there mixes the
+strategy with the compute.
 
 The summary's section (`summary_lines`, called by pipeline.analysis.report) shows the
 table; the aggregate job computes it from the database's views when it writes the
@@ -112,11 +115,18 @@ def _paired(rows: pl.DataFrame, subject: str, mix: list[tuple[str, float]]) -> s
                           accuracy_b=float(b.mean()) if b.size else math.nan)
 
 
-def verdict(match: str, p: stats.Paired) -> str:
-    if match == "nearest":
-        return "not matched"
+def verdict(match: str, p: stats.Paired, flops_ratio: float = math.nan) -> str:
+    """Matched rows: better / worse / no difference detected. A nearest (unmatched) row
+    still decides when the subject dominates or is dominated: more accurate for fewer
+    FLOPs (comparator dearer, interval above 0) or less accurate for more."""
     if p.num_problems == 0 or math.isnan(p.diff):
         return "not testable"
+    if match == "nearest":
+        if flops_ratio >= 1 and p.ci_low > 0:
+            return "better with fewer FLOPs"
+        if flops_ratio <= 1 and p.ci_high < 0:
+            return "worse with more FLOPs"
+        return f"not matched (comparator {flops_ratio:.2f}x the FLOPs)"
     if p.ci_low > 0:
         return "better"
     if p.ci_high < 0:
@@ -159,7 +169,7 @@ def compare(candidates: pl.DataFrame, points: pl.DataFrame, strategies: pl.DataF
                         "flops_ratio": cost / f if f else math.nan, "num_problems": p.num_problems,
                         "accuracy_subject": p.accuracy_a, "accuracy_comparator": p.accuracy_b, "diff": p.diff,
                         "diff_se": p.diff_se, "ci_low": p.ci_low, "ci_high": p.ci_high, "p_value": p.p_value,
-                        "verdict": verdict(how, p)})
+                        "verdict": verdict(how, p, cost / f if f else math.nan)})
     return pl.DataFrame(out, schema=SCHEMA).fill_nan(None)
 
 
@@ -182,7 +192,7 @@ def summary_lines(table: pl.DataFrame | None, dataset: str, markdown_table) -> l
             "Each subject point against each comparator of the same rule, model and PRM at the subject's "
             "mean FLOPs per problem: where two budgets of the comparator bracket them, the mixture that runs "
             "the dearer budget on a share of the problems so that its expected FLOPs equal the subject's "
-            "(`w x point` gives the shares); outside the comparator's range, its nearest point (verdict "
-            "\"not matched\"). Paired over problems, 95% normal intervals; both FLOPs conventions "
+            "(`w x point` gives the shares); outside the comparator's range, its nearest point, which "
+            "decides only when one dominates the other (more accurate for fewer FLOPs). Paired over problems, 95% normal intervals; both FLOPs conventions "
             "(full: prompt and PRM tokens too). Definitions: `pipeline/analysis/search_compare.py`.", "",
             markdown_table(shown), ""]
