@@ -6,7 +6,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: demo test install
 
-$(VENV)/.installed: pyproject.toml scripts/install.sh
+# The locks (requirements/*.lock, refreshed by scripts/lock.sh) are what gets installed.
+$(VENV)/.installed: pyproject.toml scripts/install.sh scripts/locks.py requirements/cpu.lock requirements/cuda.lock
 	VENV=$(VENV) bash scripts/install.sh
 	touch $@
 

@@ -25,6 +25,9 @@ and the ratio of tokens per CPU second of this process (the machine may be share
 2 busy cores 2 threads per process spend most of their time waiting for each other, and
 wall time follows the other jobs; with `--threads 1` CPU time measures the computation).
 
+Also prints which path the score stage's default (`reuse_prefix="auto"`) takes on these
+samples, and both plans (pipeline/prm/batching.py).
+
 Tokens: the tokens of the sequence each sample is scored on (the PRM's `prm_tokens`:
 the PRM's prompt plus the solution up to its last step end), the same count for both
 paths; prefix reuse computes fewer of them, which is the point (also printed).
@@ -90,6 +93,16 @@ def main() -> None:
     print(f"{prm_name} ({spec['format']}, dtype {dtype}) on {samples.height} samples "
           f"of {samples['problem_id'].n_unique()} problems ({', '.join(shards)}), batch size {a.batch_size}, "
           f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
+
+    from pipeline.prm import batching
+
+    seqs = [item.input_ids for item in prm.encode_all(*args, a.batch_size)]
+    budget, kv_limit = batching.plan_memory(prm.device, prm.model, batch_size=a.batch_size)
+    plans = {batching.PLAIN: batching.plain_plan([len(s) for s in seqs], budget),
+             batching.REUSE: prm.prefix_tree().estimate(seqs, budget, kv_limit)}
+    print(f"the score stage's default (auto) takes: {batching.choose(*plans.values())}; plans "
+          + "; ".join(f"{k}: {v['forward_passes']} passes, {v['computed_tokens']} tokens, cost {v['cost']}"
+                      for k, v in plans.items()))
 
     warm = tuple(x[:8] for x in args)
     prm.score(*warm, batch_size=a.batch_size, reuse_prefix=False)

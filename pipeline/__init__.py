@@ -17,13 +17,14 @@ The folders are the layers; a module imports only from its own folder or a lower
                     particle filtering) and what a search job writes (final answers
                     from its leaves)
     strategies/     exact replays of voting (majority, coverage, greedy) and PRM
-                    selection (best-of-N, weighted voting) over a sample cache
+                    selection (best-of-N, weighted voting) over a sample cache; the
+                    paper's evaluation script replayed on it (analysis.compat)
     prm/            process reward models: the scorers, opening a config's entry, the
                     value head's step labels
     engine/         the policy: model sources and parameter counts, the vLLM engine
                     and its settings
     tasks/          problems and how answers are checked: datasets, answer grading,
-                    the arithmetic step checker
+                    the arithmetic step checker, the paper's own grader
     core/           shared utilities: atomic I/O, schemas, FLOPs, timing, progress,
                     prompts, ROC AUC
 

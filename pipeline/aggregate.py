@@ -77,17 +77,42 @@ Tables:
                accuracy, accuracy_se, cost in every convention and tokens
     difficulty per problem: the probe's answer agreement and mean PRM score, pass@1,
                the predicted and the oracle difficulty
-    claims     the paper's claims tested on this run (pipeline.analysis.claims): dataset, claim,
-               subject, test, num_problems, diff, diff_se, ci_low, ci_high, p_value,
-               mde, verdict, note
+    held_out_se
+               per dataset x convention x device x budget of held_out_problems (grid_k or
+               at_point): the nested cross-validation standard error of the held-out
+               accuracy (pipeline.analysis.nested_cv): se, inflation (over the naive SE of
+               the inner held-out values, in [1, sqrt(K)]), reps, folds; NULL where the
+               problems are too few for nested folds (the `held_out` view then reports
+               the naive SE and says so)
+    model_size per dataset x pair of consecutive model sizes x budget (pipeline.analysis.size):
+               the in-sample compute-optimal model, each model's best point within the
+               budget (in-sample and held out, with nested-CV SEs), their paired
+               difference (smaller - larger) with its nested-CV SE, 95% interval,
+               p-value and outcome (smaller wins / tie / larger wins)
+    claims     the paper's claims tested on this run at matched compute
+               (pipeline.analysis.claims): dataset, claim, subject, test, num_problems,
+               diff, diff_se, ci_low, ci_high, p_value, method (normal / exact sign test),
+               margin, ratio, ratio_ci_low, ratio_ci_high (REBASE: the FLOPs sampling needs
+               over REBASE's), criterion (the decision rule), mde, verdict, note
     power      per dataset and model: the minimum detectable difference (80% power,
                two-sided 5%) of best-of-N against majority voting at the largest n, with
                its inputs (num_problems, sd_diff, z_alpha, z_power)
     provenance key, value (config hash, git commit, library versions, time)
+    reference_replay
+               only with `analysis.compat.protocol: reference`: the paper's evaluation
+               script replayed on the same caches (pipeline.strategies.reference: one
+               evaluation of the first n samples, "[invalid]" voting, its tie rule,
+               extraction and grader), one row per dataset x model x problem x strategy
+               (reference_majority, reference_best_of_n, reference_weighted_majority,
+               reference_<search>_<rule>) x prm x aggregation x n: accuracy (0/1),
+               answer, protocol, extraction, ground_truth, default_strategy. A table of
+               its own: these rows never enter `replay`, the fronts or the claims.
 
 Views (pipeline.analysis.views): accuracy_vs_flops, points, point_problems, held_out, pareto,
-compute_optimal; macros paired(dataset, a, b), compare_to(dataset, b), point_label,
-mean_se, normal_cdf, p_two_sided, p_value.
+compute_optimal (with `reference_replay` also reference_protocol: each of its points beside
+the default protocol's accuracy at the same point, pipeline.strategies.reference); macros
+paired(dataset, a, b), compare_to(dataset, b), point_label, mean_se, normal_cdf,
+p_two_sided, p_value.
 """
 
 from __future__ import annotations
@@ -104,7 +129,16 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.analysis import allocation, claims, latency, prm_quality, stats, views
+from pipeline.analysis import (
+    allocation,
+    claims,
+    latency,
+    nested_cv,
+    prm_quality,
+    size,
+    stats,
+    views,
+)
 from pipeline.analysis.views import (  # noqa: F401  (the names this module has always exported)
     ACCURACY_VS_FLOPS,
     BUDGETS_PER_DECADE,
@@ -112,13 +146,14 @@ from pipeline.analysis.views import (  # noqa: F401  (the names this module has 
     ORACLE_STRATEGIES,
     PARETO,
 )
+from pipeline.strategies import reference
 from pipeline.treesearch import algorithms
 from pipeline.treesearch import results as search_results
 
 STORAGE_VERSION = "v1.1.0"
 # The headline protocol when the config has no `analysis` section (the schema's defaults).
 ANALYSIS_DEFAULTS = {"aggregations": ["last"], "folds": 5, "seed": 0, "bootstrap": 1000,
-                     "adaptive": allocation.DEFAULTS}
+                     "adaptive": allocation.DEFAULTS, "compat": reference.DEFAULTS}
 
 SAMPLING_FAMILY, PRM_FAMILY, SEARCH_FAMILY, ADAPTIVE_FAMILY = views.FAMILIES
 
@@ -259,7 +294,8 @@ def infer_strategies(replay: pl.DataFrame) -> pl.DataFrame:
 def analysis_settings(config: dict | None = None) -> dict:
     """The config's `analysis` section over ANALYSIS_DEFAULTS (`adaptive` key by key)."""
     section = (config or {}).get("analysis") or {}
-    return {**ANALYSIS_DEFAULTS, **section, "adaptive": allocation.settings(section.get("adaptive"))}
+    return {**ANALYSIS_DEFAULTS, **section, "adaptive": allocation.settings(section.get("adaptive")),
+            "compat": reference.settings(section.get("compat"))}
 
 
 def candidate_rows(replay: pl.DataFrame, aggregations) -> pl.DataFrame:
@@ -300,12 +336,22 @@ def cost_fronts(rows: pl.DataFrame, convention: str, column: str) -> list[tuple[
             for device, g in ((d, ok.filter(pl.col("device") == d)) for d in sorted(ok["device"].unique()))]
 
 
-def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
+HELD_OUT_SE_SCHEMA = {
+    "dataset": pl.String, "convention": pl.String, "device": pl.String, "grid_k": pl.Int64, "at_point": pl.String,
+    "se": pl.Float64, "inflation": pl.Float64, "reps": pl.Int32, "folds": pl.Int32,
+}
+
+
+def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame, *, seed: int = 0,
+                      se_out: list[pl.DataFrame] | None = None) -> pl.DataFrame:
     """The cross-fitted choice per dataset x cost convention (x device, for a measured
     convention: `cost_fronts`) at every budget the views show: the compute_optimal grid
     (a superset of its range: one step beyond the cheapest and the costliest candidate)
-    and every candidate's own cost (the front's points are candidates)."""
-    parts = []
+    and every candidate's own cost (the front's points are candidates). With `se_out`,
+    appends the `held_out_se` table (HELD_OUT_SE_SCHEMA): each budget's nested
+    cross-validation standard error (pipeline.analysis.nested_cv), which the `held_out`
+    view reports instead of the naive one where it is defined."""
+    parts, se_parts = [], []
     for (dataset,), rows in cand.group_by("dataset", maintain_order=True):
         f = folds.filter(pl.col("dataset") == dataset)
         fronts = [(convention, device, r) for convention, column in views.COST_CONVENTIONS
@@ -323,9 +369,22 @@ def held_out_problems(cand: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
                 budgets.insert(0, pl.DataFrame({"grid_k": list(ks), "at_point": [None] * len(ks),
                                                 "budget": [10 ** (k / per) for k in ks]},
                                                schema=budgets[0].schema))
-            out = stats.crossfit(r, f, pl.concat(budgets))
-            parts.append(out.with_columns(dataset=pl.lit(dataset), convention=pl.lit(convention),
-                                          device=pl.lit(device, pl.String)))
+            budgets = pl.concat(budgets)
+            out = stats.crossfit(r, f, budgets)
+            tags = {"dataset": pl.lit(dataset), "convention": pl.lit(convention), "device": pl.lit(device, pl.String)}
+            parts.append(out.with_columns(**tags))
+            if se_out is not None:
+                cand_m = stats.candidates(r)
+                k = int(f.filter(pl.col("problem_id").is_in(cand_m.problems))["fold"].n_unique())
+                ne = nested_cv.nested_se(cand_m.accuracy, cand_m.mean_cost(), budgets["budget"].to_numpy(), k,
+                                         seed=seed)
+                se_parts.append(budgets.select("grid_k", "at_point").with_columns(
+                    se=pl.Series(ne.se), inflation=pl.Series(ne.inflation), reps=pl.lit(ne.reps),
+                    folds=pl.lit(ne.folds), **tags).fill_nan(None))
+    if se_out is not None:
+        se_out.append(pl.concat(se_parts, how="diagonal_relaxed").select(
+            [pl.col(c).cast(t) for c, t in HELD_OUT_SE_SCHEMA.items()]) if se_parts
+            else pl.DataFrame(schema=HELD_OUT_SE_SCHEMA))
     if not parts:
         return pl.DataFrame(schema=HELD_OUT_SCHEMA)
     return pl.concat(parts, how="diagonal_relaxed").select(
@@ -349,10 +408,15 @@ def analysis_tables(tables: dict[str, pl.DataFrame], settings: dict) -> dict[str
     # The paper's claims are about the fixed strategies; the held-out choices and the
     # views see the adaptive policies as points of their own.
     fixed_cand = candidate_rows(replay, settings["aggregations"])
+    oracle = replay.filter(pl.col("strategy") == "coverage").with_columns(point=views.point_label_expr())
+    model_size = size.table(fixed_cand, folds, tables.get("models"), seed=settings["seed"])
     # (a column of replay the adaptive rows lack is NULL for them)
     replay = pl.concat([replay, adaptive.pop("replay")], how="diagonal_relaxed").select(replay.columns)
     strategies = pl.concat([strategies.filter(~pl.col("strategy").is_in(adaptive["strategies"]["strategy"].to_list())),
                             adaptive.pop("strategies")], how="vertical_relaxed").sort("strategy")
+    se_tables: list[pl.DataFrame] = []
+    held = held_out_problems(candidate_rows(replay, settings["aggregations"]), folds, seed=settings["seed"],
+                             se_out=se_tables)
     return {
         "replay": replay,
         "strategies": strategies,
@@ -365,8 +429,11 @@ def analysis_tables(tables: dict[str, pl.DataFrame], settings: dict) -> dict[str
                    "bootstrap": pl.Int32, "conventions": pl.List(pl.String), "adaptive": allocation.SETTINGS_SCHEMA}),
         "folds": folds,
         **adaptive,
-        "held_out_problems": held_out_problems(candidate_rows(replay, settings["aggregations"]), folds),
-        "claims": claims.evaluate(fixed_cand, folds=folds, strategies=strategies, models=tables.get("models")),
+        "held_out_problems": held,
+        "held_out_se": se_tables[0],
+        "model_size": model_size,
+        "claims": claims.evaluate(fixed_cand, folds=folds, strategies=strategies, models=tables.get("models"),
+                                  model_size=model_size, oracle=oracle, seed=settings["seed"]),
         "power": claims.power(fixed_cand),
     }
 
@@ -392,16 +459,18 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path, *, analysis: 
             con.register("_df", df.to_arrow())
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM _df")
             con.unregister("_df")
-        create_views(con, has_models="models" in tables)
+        create_views(con, has_models="models" in tables, has_held_out_se="held_out_se" in tables)
+        if "reference_replay" in tables:
+            reference.create_view(con)
         con.close()
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def create_views(con, *, has_models: bool = True) -> None:
+def create_views(con, *, has_models: bool = True, has_held_out_se: bool = True) -> None:
     """The views and macros of pipeline.analysis.views over the tables."""
-    views.create(con, has_models=has_models)
+    views.create(con, has_models=has_models, has_held_out_se=has_held_out_se)
 
 
 READ = {
@@ -411,6 +480,7 @@ READ = {
     "compute_optimal": "SELECT * FROM compute_optimal",
     "held_out": "SELECT * FROM held_out",
     "claims": "SELECT * FROM claims",
+    "model_size": "SELECT * FROM model_size ORDER BY dataset, small, budget",
     "power": "SELECT * FROM power",
     "models": "SELECT * FROM models",
     "analysis": "SELECT * FROM analysis",
@@ -502,9 +572,18 @@ def main(argv: list[str] | None = None) -> None:
     if quality is not None:
         tables["prm_quality"] = quality
     tables["provenance"] = provenance(a.config)
+    ref = reference.database_table(manifest, json.loads(a.config))  # analysis.compat
+    if ref is not None:
+        tables["reference_replay"] = ref
     write_duckdb(tables, a.db, analysis=analysis_settings(json.loads(a.config)))
     write_outputs(a.db, plot=a.plot, plot_n=a.plot_n, plot_size=a.plot_size, summary=a.summary,
                   tables=a.tables, plot_adaptive=a.plot_adaptive, plot_seconds=a.plot_seconds)
+    if ref is not None:
+        import duckdb
+
+        with duckdb.connect(a.db, read_only=True) as con, pl.Config(tbl_rows=500, tbl_width_chars=250):
+            print(pl.from_arrow(con.sql("SELECT point, accuracy, accuracy_se, default_point, default_accuracy "
+                                        "FROM reference_protocol").to_arrow_table()))
 
 
 if __name__ == "__main__":

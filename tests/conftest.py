@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 TINY = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+# one model: the default's second size (Gemma 3 270M) is what tests/test_two_models.py adds
+TINY["models"] = {"smollm2-135m": TINY["models"]["smollm2-135m"]}
 TINY["datasets"] = {"arith": {"source": "arith", "split": "test", "seed": 0, "levels": [1], "limit": 6}}
 TINY["sampling"].update(n=4, max_tokens=48)
 TINY["shards"] = {"problems": 8, "samples": 4}

@@ -184,7 +184,8 @@ def test_figures_tables_and_summary(tmp_path):
     assert "<table>" in pareto_html and "rebase_majority" in pareto_html and "held_out_accuracy" in pareto_html
     assert "verdict" in (out / "tables" / "claims.html").read_text()
     md = (out / "summary.md").read_text()
-    assert "## d" in md and "## e" in md and "Pareto front" in md and "fitted log10 C" in md
+    assert "## d" in md and "## e" in md and "Pareto front" in md and "Size fit: log10 C" in md
+    assert "Model size: which size is compute-optimal at each budget" in md and "different model families" in md
     assert "large / rebase_majority [v, last]" in md
     assert "The paper's claims, tested on this run" in md and "Voting saturates as n grows" in md
     assert "not testable" in md and "held-out" in md and "slope 95% [" in md

@@ -527,6 +527,11 @@ def test_probe_larger_than_the_cache_is_a_config_error(tables):
     config = {"sampling": {"n": 2}, "prms": {"v": {}}, "analysis": {"adaptive": {"probe_samples": 4}}}
     with pytest.raises(ValueError, match="probe_samples = 4 exceeds sampling.n = 2"):
         allocation.check_config(config)
+    # a model's own, smaller cache (models.<m>.n) is checked too
+    config["sampling"]["n"] = 16
+    config["models"] = {"big": {"n": 2}, "small": {}}
+    with pytest.raises(ValueError, match="probe_samples = 4 exceeds models.big.n = 2"):
+        allocation.check_config(config)
     config["analysis"]["adaptive"] = {"probe_samples": 2, "probe_prm": "w"}
     with pytest.raises(ValueError, match="probe_prm = 'w' is not one of prms"):
         allocation.check_config(config)

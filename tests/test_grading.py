@@ -326,6 +326,38 @@ def test_math_answer_forms(pred: str, ref: str, same: bool) -> None:
     assert equivalent(ref, pred) is same
 
 
+# A percentage is its number read either way: p\% equals p and p/100, in both orders,
+# however the sign is written; two percentages only with the same p.
+PERCENT_CASES = [
+    ("10\\%", "10", True), ("10\\%", "0.1", True), ("10%", "0.1", True), ("10 percent", "0.1", True),
+    ("10\\text{\\%}", "10", True), ("10 \\%", "\\frac{1}{10}", True), ("12.5\\%", "12.5", True),
+    ("12.5\\%", "0.125", True), ("12.5\\%", "\\frac18", True), ("\\frac{1}{2}\\%", "0.005", True),
+    ("-5\\%", "-0.05", True), ("33\\frac{1}{3}\\%", "\\frac13", True), ("x = 40\\%", "0.4", True),
+    ("10\\%", "10\\%", True), ("10\\%", "10%", True),
+    ("10\\%", "0.1\\%", False), ("10\\%", "1000", False), ("10\\%", "11", False), ("10\\%", "0.11", False),
+    ("26\\%", "0.25", False), ("12.5\\%", "0.0125", False),
+]
+
+
+@pytest.mark.parametrize("pct, plain, same", PERCENT_CASES, ids=[f"{a} vs {b}" for a, b, _ in PERCENT_CASES])
+def test_percent_both_readings_both_orders(pct: str, plain: str, same: bool) -> None:
+    assert equivalent(pct, plain) is same
+    assert equivalent(plain, pct) is same
+
+
+@pytest.mark.parametrize("p, hundredth", [("3", "0.03"), ("12.5", "0.125"), ("0.4", "0.004"), ("150", "1.5"),
+                                          ("-2", "-0.02"), ("1/8", "0.00125"), ("\\frac{1}{3}", "\\frac{1}{300}")])
+def test_percent_consistent_for_every_number(p: str, hundredth: str) -> None:
+    for pct in (f"{p}\\%", f"{p}%", f"{p} percent"):
+        for plain in (p, hundredth):
+            assert equivalent(pct, plain) and equivalent(plain, pct), (pct, plain)
+
+
+def test_percent_spellings_are_one_voting_class() -> None:
+    assert normalize("10\\%") == normalize("10%") == normalize("10 percent") == normalize("10\\text{\\%}") == "10%"
+    assert answer_classes(["10\\%", "10%", "10 percent", "0.1\\%"]) == [0, 0, 0, 1]
+
+
 def test_answer_classes_keep_rounded_decimals_apart() -> None:
     # Exact comparisons are transitive: a rounding never bridges two classes.
     answers = ["4.666667", "\\frac{14}{3}", "14/3", "4.6666667", "4\\frac{2}{3}", "4.666667"]

@@ -103,3 +103,26 @@ def test_prompt_per_dataset_and_unknown_prompt():
 def test_blocks():
     assert generate.blocks(5, 2) == [(0, 2), (2, 4), (4, 5)]
     assert generate.blocks(4, 8) == [(0, 4)]
+
+
+def test_per_model_samples_and_prms_leave_other_models_alone():
+    """models.<m>.n / .greedy / .prms: a second model samples fewer, skips greedy and has no
+    PRM (no training cache, no searches), and the first model's keys, shards and searches
+    are exactly those it had alone."""
+    alone = copy.deepcopy(BASE)
+    alone["prms"] = {"v": {"format": "value-head", "train": {
+        "dataset": {"source": "arith", "split": "train", "seed": 0, "levels": [1], "limit": 4}, "n": 2}}}
+    alone["search"] = {"r": {"algorithm": "rebase", "budgets": [2]}}
+    two = copy.deepcopy(alone)
+    two["models"]["big"] = {"path": "embedded:gemma3-270m", "prompt": "p", "n": 4, "greedy": False, "prms": []}
+    before, after = plan.caches(alone), plan.caches(two)
+    assert [(c.model, c.kind, c.key, c.shards) for c in before] == [
+        (c.model, c.kind, c.key, c.shards) for c in after if c.model == "m"]
+    big = [c for c in after if c.model == "big"]
+    assert [(c.kind, c.shards[:1]) for c in big] == [("sampled", ("p00000-00004_s0000-0004",))]
+    assert plan.model_sampling(two, "big") == (4, False) and plan.model_sampling(two, "m") == (8, True)
+    assert [(s.model, s.key) for s in plan.searches(two)] == [(s.model, s.key) for s in plan.searches(alone)]
+    assert plan.model_prms(two, "big") == [] and plan.model_prms(two, "m") == ["v"]
+    two["models"]["big"]["prms"] = ["nope"]
+    with pytest.raises(ValueError, match=r"models.big.prms: \['nope'\]"):
+        plan.caches(two)

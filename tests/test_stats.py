@@ -134,8 +134,9 @@ def test_mean_se_counts_monte_carlo_error():
     assert stats.mean_se([0.5, 0.5], [0.03, 0.04])[1] == pytest.approx(0.05 / 2)
     assert stats.mean_se([0.5])[1] == 0.0
     assert math.isnan(stats.mean_se([])[0])
+    # a constant non-zero difference: the exact sign test, never p = 0
     p = stats.paired([1.0, 1.0], [0.0, 0.0])
-    assert p.diff == 1.0 and p.diff_se == 0.0 and p.p_value == 0.0 and p.significant()
+    assert p.diff == 1.0 and p.diff_se == 0.0 and p.p_value == 0.5 and p.method == stats.SIGN and not p.significant()
 
 
 def test_mde_formula():
@@ -293,3 +294,77 @@ def test_last_bit_differences_are_no_difference(tmp_path):
     with duckdb.connect(str(path), read_only=True) as con:
         got = con.execute("SELECT diff, diff_se, p_value FROM paired('d', 'm/best_of_n[v,last]@1', 'm/majority@1')").fetchone()
     assert got == (0.0, 0.0, 1.0)
+
+
+def _paired_db(tmp_path, a, b, se_a=None, se_b=None):
+    """A database with two points 'm/x@1' and 'm/y@1' on len(a) problems."""
+    rows = []
+    for strategy, acc, se in (("x", a, se_a), ("y", b, se_b)):
+        for i, v in enumerate(acc):
+            rows.append({"dataset": "d", "model": "m", "prm": None, "aggregation": None, "problem_id": f"p{i}",
+                         "strategy": strategy, "n": 1, "accuracy": v, "accuracy_se": None if se is None else se[i],
+                         "output_tokens": 1.0, "prompt_tokens": 1.0, "flops_paper": 1.0, "flops_full": 1.0})
+    replay = pl.DataFrame(rows, infer_schema_length=None, schema_overrides={"accuracy": pl.Float64,
+                                                                            "accuracy_se": pl.Float64})
+    replay = replay.with_columns(seconds=pl.lit(None, pl.Float64), load_s=pl.lit(None, pl.Float64),
+                                 device=pl.lit(None, pl.String)).select(aggregate.REPLAY_COLUMNS)
+    path = tmp_path / f"p{len(list(tmp_path.iterdir()))}.duckdb"
+    aggregate.write_duckdb({"replay": replay}, path)
+    with duckdb.connect(str(path), read_only=True) as con:
+        return frame(con, "SELECT * FROM paired('d', 'm/x@1', 'm/y@1')").row(0, named=True)
+
+
+def test_degenerate_inputs_python_and_sql(tmp_path):
+    """Fewer than two problems, NaN / NULL inputs: no p-value, a reason; a constant
+    non-zero difference: the exact sign test (p = 2^(1 - n)), never p = 0."""
+    one = stats.paired([0.7], [0.2])
+    assert not one.testable() and math.isnan(one.p_value) and one.reason == "fewer than two problems"
+    five = stats.paired([1.0] * 5, [0.0] * 5)
+    assert five.p_value == 0.0625 and five.method == stats.SIGN and five.ci_low == -math.inf and not five.significant()
+    six = stats.paired([1.0] * 6, [0.0] * 6)
+    assert six.p_value == 0.03125 and (six.ci_low, six.ci_high) == (1.0, 1.0) and six.significant()
+    nan = stats.paired([1.0, math.nan, 0.0], [0.0, 0.0, 0.0])
+    assert not nan.testable() and math.isnan(nan.diff) and math.isnan(nan.p_value)
+    assert not stats.paired([1.0, 0.0], [0.0, 0.0], [0.0, math.nan], [0.0, 0.0]).testable()
+    assert stats.contrast([]).reason == "no common problems"
+    # the SQL macros say the same
+    row = _paired_db(tmp_path, [0.7], [0.2], [0.0], [0.0])
+    assert row["num_problems"] == 1 and row["p_value"] is None and row["reason"] == "fewer than two problems"
+    row = _paired_db(tmp_path, [1.0] * 5, [0.0] * 5, [0.0] * 5, [0.0] * 5)
+    assert row["p_value"] == 0.0625 and row["ci_low"] == -math.inf and row["reason"] is None
+    row = _paired_db(tmp_path, [1.0] * 6, [0.0] * 6, [0.0] * 6, [0.0] * 6)
+    assert row["p_value"] == 0.03125 and (row["ci_low"], row["ci_high"]) == (1.0, 1.0)
+    row = _paired_db(tmp_path, [1.0, 0.0, 1.0], [0.0] * 3, [0.0, None, 0.0], [0.0] * 3)  # a NULL SE
+    assert row["p_value"] is None and row["diff_se"] is None and row["reason"].startswith("a NULL or NaN")
+    row = _paired_db(tmp_path, [1.0, math.nan, 1.0], [0.0] * 3, [0.0] * 3, [0.0] * 3)
+    assert row["diff"] is None and row["p_value"] is None
+    con = duckdb.connect()
+    for sql in views.MACROS:
+        con.execute(sql)
+    assert con.execute("SELECT p_value(0.5, 0.0, 4), p_value(0.5, 0.0), p_value(0.5, NULL, 9), "
+                       "p_value('nan'::DOUBLE, 0.1, 9), p_value(0.5, 0.1, 1)").fetchone() == (0.125, None, None, None, None)
+
+
+def test_accuracy_intervals_stay_inside_0_1_python_and_sql():
+    """Wilson-type intervals at the effective number of problems: inside [0, 1] where the
+    normal interval is not (24 problems, 1 solved), the SQL macros equal the Python."""
+    x = np.array([1.0] + [0.0] * 23)
+    m, se = stats.mean_se(x)
+    lo, hi = stats.accuracy_interval(m, se, 24)
+    assert m - stats.Z95 * se < 0 and 0 < lo < m < hi < 1
+    assert float(lo) == pytest.approx(0.00717, abs=1e-4) and float(hi) == pytest.approx(0.2073, abs=1e-3)
+    assert stats.accuracy_interval(0.0, 0.0, 24)[0] == 0.0
+    assert float(stats.accuracy_interval(0.0, 0.0, 24)[1]) == pytest.approx(stats.Z95**2 / (24 + stats.Z95**2))
+    assert float(stats.accuracy_interval(1.0, 0.0, 24)[1]) == 1.0
+    # a mean of many 0/1 values: close to the normal interval
+    lo, hi = stats.accuracy_interval(0.5, 0.5 / math.sqrt(400), 400)
+    assert (float(lo), float(hi)) == pytest.approx((0.5 - stats.Z95 * 0.025, 0.5 + stats.Z95 * 0.025), abs=2e-3)
+    con = duckdb.connect()
+    for sql in views.MACROS:
+        con.execute(sql)
+    cases = [(m, se, 24), (0.0, 0.0, 24), (1.0, 0.0, 24), (0.3, 0.05, 64), (0.97, 0.02, 64), (0.5, 0.0, 10)]
+    for p, s, n in cases:
+        want = [float(v) for v in stats.accuracy_interval(p, s, n)]
+        got = con.execute("SELECT accuracy_ci_low(?, ?, ?), accuracy_ci_high(?, ?, ?)", [p, s, n, p, s, n]).fetchone()
+        assert got == pytest.approx(want, abs=1e-12), (p, s, n)
+        assert 0 <= got[0] <= p <= got[1] <= 1

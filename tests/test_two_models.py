@@ -23,14 +23,13 @@ TWO["models"][SECOND] = {
     "path": f"embedded:{SECOND}",
     "prompt": "arith-few-shot",  # the plain few-shot prompt works for the base Gemma too
     "engine_args": {"enforce_eager": True},
+    # As the default does for its second size: only the PRM it needs. With the logprob PRM
+    # alone it gets no value head, training samples or tree searches (they stay the first
+    # model's), and no greedy cache: per-model settings that leave the first model's
+    # caches, keys and searches as they are.
+    "prms": ["logprob"],
+    "greedy": False,
 }
-# To keep the test to a few minutes, the two-model config drops tree search and the value
-# head (they would add a training cache, a head and four searches for the new model, all
-# GPU-stage work that tests/test_workflow.py covers); the logprob PRM stays, so PRM
-# strategies still compete on the front. Dropping entries reruns nothing: the first
-# model's outputs simply leave the aggregation.
-TWO.pop("search", None)
-TWO["prms"] = {k: v for k, v in TWO["prms"].items() if k == "logprob"}
 AGGREGATE_OUTPUTS = {"inference.duckdb", "accuracy_vs_flops.png", "accuracy_vs_n.png", "adaptive.png", "accuracy_vs_seconds.png", "summary.md",
                      "accuracy_vs_flops.html", "pareto.html", "compute_optimal.html", "claims.html", "adaptive.html"}
 
@@ -63,6 +62,9 @@ def test_adding_a_model_runs_only_its_jobs_and_the_aggregation(two):
     rules = {r for r, _ in planned}
     assert {"embedded_model", "model_info", "generate", "grade", "score", "replay", "replay_prm",
             "aggregate"} <= rules
+    assert not {"search", "train_value_head", "rollouts"} & rules
+    assert {w.get("prm") for r, w in planned if r in ("score", "replay_prm")} == {"logprob"}
+    assert len([1 for r, _ in planned if r == "generate"]) == 1  # sampled only: greedy is off for it
     for rule, w in planned:
         if rule not in ("aggregate", "all"):
             assert w.get("model", w.get("embedded")) == SECOND, (rule, w)
@@ -98,15 +100,20 @@ def test_views_compare_two_model_sizes(two):
         f = front.filter(convention=convention)
         assert set(zip(o["model"], o["strategy"], o["n"])) <= set(zip(f["model"], f["strategy"], f["n"]))
     # with two sizes the claim "a smaller model with a better strategy is compute-optimal
-    # at small budgets" is tested: the smaller model's held-out choice against the larger
-    # model's cheapest point
+    # at small budgets" is tested: both models' held-out best points across the budget grid
     assert len(claim) == 1 and claim[0][0] == f"smollm2-135m vs {SECOND}", claim
-    assert claim[0][2] == "not testable" or claim[0][1].startswith("held-out choice of smollm2-135m")
+    assert claim[0][1].startswith("held-out best of smollm2-135m within")
     assert optimal["held_out_accuracy"].is_not_null().any()
+    with open_db(run) as con:
+        size = pl.from_arrow(con.sql("SELECT * FROM model_size").to_arrow_table())
+    assert size.height >= 1 and set(size["small"]) == {"smollm2-135m"} and set(size["large"]) == {SECOND}
+    assert size["small_point"].str.starts_with("smollm2-135m/").all()
+    assert size["large_point"].str.starts_with(f"{SECOND}/").all()
     plot = run / "results" / "plots" / "compute_optimal_size.png"
     assert plot.stat().st_size > 10_000
     summary = (run / "results" / "summary.md").read_text()
-    assert SECOND in summary and "Compute-optimal model size" in summary
+    assert SECOND in summary and "Model size: which size is compute-optimal at each budget" in summary
+    assert "different model families" in summary and "cannot show: a scaling law" in summary
 
 
 def test_second_model_tokenizer_adds_bos(two):

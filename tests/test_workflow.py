@@ -205,6 +205,18 @@ def test_tree_search_results(run):
     assert "lookahead rollouts:" in next((run / "logs" / "search").rglob("dvts/*/2/*.log")).read_text()
     summary = (run / "results" / "summary.md").read_text()
     assert "### DVTS and particle filtering against beam search, REBASE and sampling at matched FLOPs" in summary
+    # the PRM scored each round's children in a session (prefix reuse), timed in the record;
+    # the score jobs logged and recorded the path their default took
+    from pipeline.core import timing
+
+    [res] = [f for f in (root / "rebase").glob("*/4/*.parquet") if not f.name.endswith(".leaves.parquet")]
+    prm = timing.read_record(res)["prm"]
+    assert (prm["path"], prm["chosen"]) == ("prefix reuse", "session") and prm["prm_s"] > 0
+    assert 0 < prm["computed_tokens"] < search.filter(search="rebase", budget=4).unique("problem_id")["prm_tokens"].sum()
+    for shard in (run / "results" / "scores").glob("*/*/*/*/*.parquet"):
+        assert timing.read_record(shard)["prm"]["path"] in ("plain", "prefix reuse")
+    logs = list((run / "logs" / "score").glob("**/*.log"))
+    assert logs and all("PRM path: " in f.read_text() for f in logs)
     # the points sit in the accuracy-vs-FLOPs view beside the sampling strategies
     assert set(curve["strategy"]) == {f"{a}_{s}" for a in ("rebase", "beam", "mcts", "dvts")
                                       for s in ("majority", "best_of_n", "weighted_majority")}

@@ -142,9 +142,11 @@ def check_config(config: Mapping) -> None:
     s = settings((config.get("analysis") or {}).get("adaptive"))
     if not s["enabled"]:
         return
-    n = config["sampling"]["n"]
+    # the smallest cache of any model (models.<m>.n over sampling.n)
+    n, where = min([(int(config["sampling"]["n"]), "sampling.n")]
+                   + [(int(m["n"]), f"models.{name}.n") for name, m in (config.get("models") or {}).items() if "n" in m])
     if s["probe_samples"] > n:
-        raise ValueError(f"analysis.adaptive.probe_samples = {s['probe_samples']} exceeds sampling.n = {n}: "
+        raise ValueError(f"analysis.adaptive.probe_samples = {s['probe_samples']} exceeds {where} = {n}: "
                          "the probe is the first probe_samples cached samples (lower it, or set "
                          "analysis.adaptive.enabled: false)")
     prms = config.get("prms") or {}

@@ -47,7 +47,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.analysis.latency import MIXED
-from pipeline.analysis.stats import Z95, SizeFit, fit_loglog  # noqa: F401  (fit_loglog: the figures' fit)
+from pipeline.analysis.stats import Z95, SizeFit, accuracy_interval, fit_loglog  # noqa: F401  (fit_loglog: the figures' fit)
 from pipeline.analysis.views import (
     ADAPTIVE_FAMILY,
     COST_CONVENTIONS,
@@ -142,18 +142,27 @@ def _lines(curve: pl.DataFrame):
         yield tuple(key), g.sort("n")
 
 
-def _draw(ax, x, y, se, label, style) -> None:
+def _interval(y, se, n=None) -> tuple[np.ndarray, np.ndarray]:
+    """95% accuracy interval inside [0, 1] (stats.accuracy_interval; n, the number of
+    problems, matters only at accuracy 0 or 1; unknown: a zero-width interval there)."""
+    y = np.asarray(y, dtype=float)
+    n = np.full(y.shape, 1e12) if n is None else np.asarray(n, dtype=float)
+    lo, hi = accuracy_interval(y, np.nan_to_num(np.asarray(se, dtype=float)), n)
+    return np.where(np.isnan(lo), y, lo), np.where(np.isnan(hi), y, hi)
+
+
+def _draw(ax, x, y, se, label, style, n=None) -> None:
     """A line with markers and a shaded 95% band (a big marker with a 95% error bar for a
-    single point, e.g. greedy decoding)."""
+    single point, e.g. greedy decoding); the band is the accuracy's interval inside [0, 1]."""
     x, y, se = (np.asarray(v, dtype=float) for v in (x, y, se))
-    half = Z95 * np.nan_to_num(se)
+    lo, hi = _interval(y, se, n)
     if len(x) == 1:
-        ax.errorbar(x, y, yerr=half, capsize=3, label=label,
+        ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), capsize=3, label=label,
                     **{**style, "markersize": 8, "markeredgecolor": "black",
                        "markeredgewidth": 0.8, "linestyle": "none", "zorder": 6})
         return
     ax.plot(x, y, label=label, **{"markersize": 4, "linewidth": 1.6, **style})
-    ax.fill_between(x, y - half, y + half, color=style["color"], alpha=0.15, linewidth=0)
+    ax.fill_between(x, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
 
 
 def _ylim(values: list[np.ndarray]) -> tuple[float, float]:
@@ -286,8 +295,9 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
         if curve is not None:
             x, y, se = curve
             ax.step(x, y, where="post", color="black", linewidth=1.8, zorder=4)
-            ax.fill_between(x, y - Z95 * se, y + Z95 * se, step="post", color="black", alpha=0.12, linewidth=0)
-            lims += [y - Z95 * se, y + Z95 * se]
+            lo, hi = _interval(y, se)
+            ax.fill_between(x, lo, hi, step="post", color="black", alpha=0.12, linewidth=0)
+            lims += [lo, hi]
             handles += [Line2D([], [], color="black", linewidth=1.8,
                                label="held-out: best within budget, chosen on the other folds"),
                         Patch(color="black", alpha=0.12, label="its 95% interval")]
@@ -300,8 +310,10 @@ def accuracy_vs_flops(points: pl.DataFrame, front: pl.DataFrame, held_out: pl.Da
         for r in held.iter_rows(named=True):
             key = (r["model"], r["prm"], r["strategy"], r["aggregation"])
             style = styles.get(key, {"color": "black", "marker": "o"})
-            half = Z95 * (r["held_out_se"] or 0)
-            ax.errorbar([r["flops"]], [r["held_out_accuracy"]], yerr=[half], fmt=style["marker"],
+            lo, hi = _interval([r["held_out_accuracy"]], [r["held_out_se"] or 0])
+            half = float(hi[0] - r["held_out_accuracy"])
+            ax.errorbar([r["flops"]], [r["held_out_accuracy"]], yerr=[[r["held_out_accuracy"] - lo[0]], [half]],
+                        fmt=style["marker"],
                         color=style["color"], markeredgecolor="black", markersize=7, capsize=2.5,
                         elinewidth=1.0, zorder=5)
             if r.get("beats_previous"):
@@ -500,8 +512,8 @@ def adaptive(table: pl.DataFrame, out: str | Path) -> None:
                 x, y, e = (np.asarray(v, dtype=float) for v in (x, y, e))
                 ax.plot(x, y, ls, color=colour, marker=marker, markersize=3.5, linewidth=1.4, label=label)
                 if key != "mix":  # a line between two bands; its own band would hide them
-                    half = Z95 * np.nan_to_num(e)
-                    ax.fill_between(x, y - half, y + half, color=colour, alpha=0.12, linewidth=0)
+                    lo, hi = _interval(y, e)
+                    ax.fill_between(x, lo, hi, color=colour, alpha=0.12, linewidth=0)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(f"budget: mean FLOPs per problem ({conv} convention)", fontsize=8)

@@ -7,10 +7,14 @@
                                its 95% interval, the Pareto front (in-sample and held-out
                                accuracy, each point's paired gain over the previous one)
                                and the compute-optimal choice per budget (in-sample and
-                               held-out, paper FLOPs convention), DVTS and particle
-                               filtering against beam search, REBASE and sampling at
-                               matched FLOPs (pipeline.analysis.search_compare, from the
-                               `search_compare` frame when present), measured latency
+                               held-out, paper FLOPs convention; held-out intervals by
+                               nested cross-validation, accuracy intervals inside [0, 1]),
+                               DVTS and particle filtering against beam search, REBASE and
+                               sampling at matched FLOPs (pipeline.analysis.search_compare,
+                               from the `search_compare` frame when present), with two or
+                               more model sizes the model-size section
+                               (`model_size_markdown`: families, what the pair can and
+                               cannot show, the table `model_size`, the size fit), measured latency
                                (`latency_section`: seconds per problem beside FLOPs at the
                                largest n of every headline line, the device(s) they were
                                measured on, and the seconds front per device), the fitted
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.analysis import prm_quality, search_compare
+from pipeline.analysis import prm_quality, search_compare, stats
 from pipeline.analysis.views import COST_CONVENTIONS
 from pipeline.core import io
 
@@ -93,9 +97,10 @@ NOTES = {
     "seconds convention): the most accurate headline point with flops (its cost) <= budget "
     "(in-sample, biased upwards: the maximum of many noisy estimates), beside the held-out accuracy "
     "of the same choice made on K-1 folds and scored on the K-th.",
-    "claims": "The paper's qualitative claims tested on this run: paired differences (positive = "
-    "as claimed), 95% intervals, two-sided p-values, the minimum detectable difference at 80% "
-    "power, and a verdict (definitions: pipeline/analysis/claims.py).",
+    "claims": "The paper's qualitative claims tested on this run at matched compute: paired differences "
+    "(and for REBASE the FLOPs ratio sampling / REBASE), 95% intervals, two-sided p-values, the margin, "
+    "the decision rule (criterion), the minimum detectable difference at 80% power, and a verdict "
+    "(definitions: pipeline/analysis/claims.py).",
     "adaptive": "Difficulty-adaptive allocation per dataset, model, difficulty source (predicted "
     "from a probe of k samples; oracle: pass@1 from the reference answers), FLOPs convention and "
     "budget: held-out accuracy (choices made on the other folds) with its SE and mean FLOPs, the "
@@ -125,17 +130,46 @@ def _line() -> pl.Expr:
     )
 
 
+def _accuracy_ci(value: str, se: str, n: str) -> pl.Expr:
+    """'[lo, hi]': an accuracy's 95% Wilson-type interval, inside [0, 1]."""
+    return _pm(value, se, n).str.replace(r"^[^\[]*", "")
+
+
 def _ci(lo: str, hi: str) -> pl.Expr:
     """'[lo, hi]' with three decimals ('–' where undefined)."""
     return (pl.when(pl.col(lo).is_not_null() & pl.col(lo).is_not_nan())
             .then(pl.format("[{}, {}]", pl.col(lo).round(3), pl.col(hi).round(3))).otherwise(pl.lit("–")))
 
 
-def _pm(value: str, se: str) -> pl.Expr:
-    """'value ± 1.96 se' with three decimals."""
-    return (pl.when(pl.col(value).is_not_null())
-            .then(pl.format("{} ± {}", pl.col(value).round(3), (1.959964 * pl.col(se)).round(3)))
+def _pm(value: str, se: str, n: str | int | None = None) -> pl.Expr:
+    """'value [lo, hi]': the accuracy with its 95% Wilson-type interval inside [0, 1]
+    (pipeline.analysis.stats.accuracy_interval; `n` the number of problems, a column or a
+    number, used where the accuracy is 0 or 1)."""
+    n_expr = pl.col(n) if isinstance(n, str) else pl.lit(n if n is not None else 1)
+
+    def bound(i: int) -> pl.Expr:
+        return pl.struct(pl.col(value).alias("p"), pl.col(se).alias("s"), n_expr.alias("n")).map_batches(
+            lambda st: pl.Series(stats.accuracy_interval(
+                st.struct.field("p").cast(pl.Float64).fill_null(math.nan).to_numpy(),
+                st.struct.field("s").cast(pl.Float64).fill_null(math.nan).to_numpy(),
+                st.struct.field("n").cast(pl.Float64).fill_null(math.nan).to_numpy())[i]),
+            return_dtype=pl.Float64)
+
+    return (pl.when(pl.col(value).is_not_null() & pl.col(se).is_not_null())
+            .then(pl.format("{} [{}, {}]", pl.col(value).round(3), bound(0).round(3), bound(1).round(3)))
             .otherwise(pl.lit("–")))
+
+
+def _estimate() -> pl.Expr:
+    """A claim line's statistic with its 95% interval: the FLOPs ratio (REBASE lines) and
+    the accuracy difference."""
+    diff = (pl.when(pl.col("diff").is_not_null() & pl.col("ci_low").is_not_null())
+            .then(pl.format("{} [{}, {}]", pl.col("diff").round(3), pl.col("ci_low").round(3), pl.col("ci_high").round(3)))
+            .when(pl.col("diff").is_not_null()).then(pl.col("diff").round(3).cast(pl.String))
+            .otherwise(pl.lit("–")))
+    ratio = pl.format("FLOPs ratio {} [{}, {}]; Δacc at equal FLOPs ", pl.col("ratio").round(2),
+                      pl.col("ratio_ci_low").round(2), pl.col("ratio_ci_high").round(2))
+    return pl.when(pl.col("ratio").is_not_null()).then(pl.concat_str([ratio, diff])).otherwise(diff)
 
 
 def claims_markdown(claims: pl.DataFrame, power: pl.DataFrame | None = None) -> list[str]:
@@ -143,18 +177,23 @@ def claims_markdown(claims: pl.DataFrame, power: pl.DataFrame | None = None) -> 
     from pipeline.analysis.claims import CLAIMS
 
     out = ["### The paper's claims, tested on this run", "",
-           "Paired differences over the problems, oriented so that positive is what the paper "
-           "claims; 95% intervals; verdict: supported (interval above 0), refuted (below 0), "
-           "otherwise inconclusive at this number of problems (per line, not corrected for the "
-           "number of lines). MDE: the smallest true difference that line's test detects with 80% "
-           "power (two-sided 5%). Definitions: `pipeline/analysis/claims.py`.", ""]
+           "Every line compares points at matched compute, paired over the problems: the statistic "
+           "with its 95% interval, the margin where the claim allows one, the decision rule "
+           "(criterion) and the verdict (per line at 95%, not corrected for the number of lines; "
+           "\"not testable\" says why). Saturation: the gain of the last doubling of n must lie below "
+           "the margin. Weighted ≥ majority: non-inferiority at every n. REBASE: the FLOPs sampling needs "
+           "to reach REBASE's accuracy over REBASE's (a mixture of adjacent n; > 1: REBASE saves), "
+           "bootstrap interval, beside the accuracy difference at equal FLOPs. Smaller model: each "
+           "model's best point within the budget chosen on the other folds (nested cross-validation "
+           "SE). MDE: the smallest true difference the line's test detects with 80% power. "
+           "Definitions: `pipeline/analysis/claims.py`.", ""]
     t = claims.with_columns(
         claim=pl.col("claim").replace_strict(CLAIMS, default=pl.col("claim")),
-        ci=_ci("ci_low", "ci_high"),
+        estimate=_estimate(),
         subject=pl.when(pl.col("note").str.len_chars() > 0).then(
             pl.concat_str([pl.col("subject"), pl.lit(" ("), pl.col("note"), pl.lit(")")])).otherwise(pl.col("subject")),
-    ).select("claim", "subject", "test", "diff", pl.col("ci").alias("95% CI"), pl.col("p_value").alias("p"),
-             "mde", "verdict")
+    ).select("claim", "subject", "test", pl.col("estimate").alias("estimate [95% CI]"), "margin", "criterion",
+             pl.col("p_value").alias("p"), "mde", "verdict")
     out += [markdown_table(t), ""]
     if power is not None and power.height:
         for r in power.iter_rows(named=True):
@@ -164,6 +203,72 @@ def claims_markdown(claims: pl.DataFrame, power: pl.DataFrame | None = None) -> 
                 f"80% power, two-sided 5% (= ({r['z_alpha']:.2f} + {r['z_power']:.2f}) x sd / sqrt(n); "
                 f"sd of the per-problem differences {_fmt(r['sd_diff'])}, n = {r['num_problems']}).")
         out.append("")
+    return out
+
+
+def model_size_markdown(table: pl.DataFrame | None, models: pl.DataFrame | None, fit, dataset: str) -> list[str]:
+    """The model-size section of one dataset: the models and their families, what the
+    pair can and cannot show, the compute-optimal size per budget with each model's
+    held-out best and their paired difference (table `model_size`), and the size fit."""
+    from pipeline.analysis import size
+
+    if table is None or models is None:
+        return []
+    t = table.filter(pl.col("dataset") == dataset)
+    if t.is_empty():
+        return []
+    out = ["### Model size: which size is compute-optimal at each budget (paper FLOPs)", ""]
+    fams = {m: size.family(p) for m, p in zip(models["model"], models["path"])}
+    params = dict(zip(models["model"], models["params_total"]))
+    used = list(dict.fromkeys([*t["small"], *t["large"]]))
+    described = [f"{m} ({params[m] / 1e6:.0f}M parameters; {fams[m] or 'family not known'})" for m in used]
+    distinct = {fams[m] for m in used}
+    same = len(distinct) == 1 and "" not in distinct
+    out += ["Models: " + "; ".join(described) + ". " + (
+        "They are from the same family." if same else
+        "**They are from different model families** (or of unknown family): they differ in training data, "
+        "tokenizer and tuning as well as in size, so this compares these models, not model size alone."), ""]
+    out += ["What this pair can show: at each FLOPs budget, whether the smaller model with its best strategy is "
+            "more, equally or less accurate than the larger model with its best, at equal FLOPs and on problems "
+            "the choices did not see. What it cannot show: a scaling law. With two sizes the compute-optimal "
+            "size takes two values and the log-log fit below is fixed by where the optimum switches (if it "
+            "does); the paper's fit (log10 C = 1.19 log10 N + 2.03) comes from one family (Pythia, Llemma) "
+            "across many sizes.", ""]
+    show = t.sort("small", "budget").with_columns(
+        small_ho=_pm("small_held_out", "small_held_out_se", "num_problems"),
+        large_ho=_pm("large_held_out", "large_held_out_se", "num_problems"),
+        d=pl.when(pl.col("ci_low").is_not_null()).then(pl.format("{} [{}, {}]", pl.col("diff").round(3),
+                                                                  pl.col("ci_low").round(3), pl.col("ci_high").round(3)))
+        .otherwise(pl.lit("–")),
+    ).select("budget", pl.col("optimal_model").alias("compute-optimal (in-sample)"),
+             pl.col("small_point").alias("smaller: best point"), pl.col("small_ho").alias("its held-out [95% CI]"),
+             pl.col("large_point").alias("larger: best point"), pl.col("large_ho").alias("its held-out [95% CI] (larger)"),
+             pl.col("d").alias("smaller − larger [95% CI]"), "outcome",
+             pl.col("larger_optimal_share").alias("bootstrap: larger optimal"))
+    out += ["Per budget: the in-sample compute-optimal model; each model's best point within the budget "
+            "(in-sample) and the held-out accuracy of that choice made on the other folds (nested "
+            "cross-validation intervals); their paired difference (table `model_size`); and in what "
+            "share of 1000 bootstrap resamples of the problems the larger model's best beats the "
+            "smaller's in-sample (the uncertainty of the optimal size).", "",
+            markdown_table(show), ""]
+    counts = t["outcome"].value_counts()
+    out += ["Outcome over the budgets: " + ", ".join(f"{o}: {c}" for o, c in counts.sort("outcome").rows()) + ".", ""]
+    if fit is not None and hasattr(fit, "slope"):
+        text = (f"Size fit: log10 C = {fit.slope:.2f} log10 N {fit.intercept:+.2f} (the paper: log10 C = 1.19 "
+                f"log10 N + 2.03; figure `results/plots/compute_optimal_size.png`)")
+        if not math.isnan(fit.slope_low):
+            text += (f"; bootstrap over problems ({fit.fitted} of {fit.resamples} resamples had a fit): slope "
+                     f"95% [{fit.slope_low:.2f}, {fit.slope_high:.2f}], intercept [{fit.intercept_low:.2f}, "
+                     f"{fit.intercept_high:.2f}]")
+        out += [text + ".", ""]
+    else:
+        winners = sorted(set(t["optimal_model"].drop_nulls()))
+        share = t["larger_optimal_share"].drop_nulls()
+        boot = (f"; in the bootstrap the larger model is optimal in at most {share.max():.1%} of the resamples at "
+                f"any budget" if share.len() else "")
+        out += [f"Size fit: none — {', '.join(winners) or 'no model'} is the compute-optimal size at every budget "
+                f"of the grid, so log C against log N_opt has one N and no line can be fitted{boot} (the figure "
+                f"shows the paper's line for reference).", ""]
     return out
 
 
@@ -187,24 +292,26 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
                 f"`replay` and `accuracy_vs_flops`. Held-out accuracies: the choice is made on "
                 f"{analysis['folds'] - 1} of {analysis['folds']} folds of the problems (seed "
                 f"{analysis['seed']}, table `folds`) and scored on the remaining one, for every fold. "
-                f"Intervals are 95% (normal; paired where two points are compared).", ""]
+                f"Intervals are 95%: accuracies get Wilson-type intervals inside [0, 1]; differences are "
+                f"paired normal intervals (the exact sign test where every problem differs alike); a held-out "
+                f"accuracy's standard error is estimated by nested cross-validation (the naive one "
+                f"under-covers: `pipeline/analysis/nested_cv.py`).", ""]
     if models is not None and models.height:
         out += ["## Models", "", markdown_table(models.select("model", "params_total", "params_embedding")), ""]
     for dataset in points["dataset"].unique(maintain_order=True).to_list():
         c = points.filter(pl.col("dataset") == dataset)
         if "headline" in c.columns:
             c = c.filter(pl.col("headline"))
-        out += [f"## {dataset}", "", f"{c['num_problems'].max()} problems.", ""]
+        problems = int(c["num_problems"].max())
+        out += [f"## {dataset}", "", f"{problems} problems.", ""]
         if claims is not None:
             out += claims_markdown(claims.filter(pl.col("dataset") == dataset),
                                    power.filter(pl.col("dataset") == dataset) if power is not None else None)
         best = (
             c.with_columns(line=pl.when(pl.col("oracle")).then(pl.concat_str([_line(), pl.lit(" (oracle)")]))
-                           .otherwise(_line()),
-                           lo=pl.col("accuracy") - 1.959964 * pl.col("accuracy_se"),
-                           hi=pl.col("accuracy") + 1.959964 * pl.col("accuracy_se"))
+                           .otherwise(_line()))
             .sort("n").group_by("line", maintain_order=True).last()
-            .with_columns(ci=_ci("lo", "hi"))
+            .with_columns(ci=_accuracy_ci("accuracy", "accuracy_se", "num_problems"))
             .select("line", "n", "accuracy", pl.col("ci").alias("95% CI"), "flops_paper", "flops_full")
             .sort("accuracy", descending=True)
         )
@@ -214,9 +321,9 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
             pl.concat_str([_line(), pl.lit(" (+"), (pl.col("tied") - 1).cast(pl.String), pl.lit(" tied)")])
         ).otherwise(_line())
         if "held_out_accuracy" in f.columns:
-            f = f.with_columns(line=line, held_out=_pm("held_out_accuracy", "held_out_se"),
+            f = f.with_columns(line=line, held_out=_pm("held_out_accuracy", "held_out_se", problems),
                                gain_ci=_ci("gain_ci_low", "gain_ci_high")).select(
-                "line", "n", pl.col("accuracy").alias("in-sample"), pl.col("held_out").alias("held-out ± 95%"),
+                "line", "n", pl.col("accuracy").alias("in-sample"), pl.col("held_out").alias("held-out [95% CI]"),
                 "flops", pl.col("gain").alias("gain vs previous"), pl.col("gain_ci").alias("gain 95% CI"),
                 pl.col("beats_previous").alias("significant"))
         else:
@@ -228,9 +335,9 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
                 markdown_table(f), ""]
         o = optimal.filter((pl.col("dataset") == dataset) & (pl.col("convention") == "paper"))
         if "held_out_accuracy" in o.columns:
-            o = o.with_columns(line=_line()).select(
-                "budget", "line", "n", pl.col("accuracy").alias("in-sample"),
-                pl.col("held_out_accuracy").alias("held-out"), pl.col("held_out_se").alias("held-out SE"),
+            o = o.with_columns(line=_line(), held_out=_pm("held_out_accuracy", "held_out_se", problems)).select(
+                "budget", "line", "params_total", "n", pl.col("accuracy").alias("in-sample"),
+                pl.col("held_out").alias("held-out [95% CI]"), pl.col("held_out_se").alias("held-out SE"),
                 "flops", pl.format("{}/{}", "folds_agreeing", "num_folds").alias("folds agreeing"))
         else:
             o = o.with_columns(line=_line()).select("budget", "line", "n", "accuracy", "flops")
@@ -242,22 +349,15 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
         out += latency_section(points.filter(pl.col("dataset") == dataset),
                                front.filter(pl.col("dataset") == dataset))
         fit = (fits or {}).get(dataset)
-        if fit is not None:
-            if hasattr(fit, "slope"):
-                text = (f"Compute-optimal model size: fitted log10 C = {fit.slope:.2f} log10 N "
-                        f"{fit.intercept:+.2f} (the paper: log10 C = 1.19 log10 N + 2.03)")
-                if not math.isnan(fit.slope_low):
-                    text += (f"; bootstrap over problems ({fit.fitted} of {fit.resamples} resamples had "
-                             f"a fit): slope 95% [{fit.slope_low:.2f}, {fit.slope_high:.2f}], intercept "
-                             f"[{fit.intercept_low:.2f}, {fit.intercept_high:.2f}]")
-                out += [text + ".", ""]
-            else:
-                a, b = fit
-                out += [f"Compute-optimal model size: fitted log10 C = {a:.2f} log10 N {b:+.2f} "
-                        "(the paper: log10 C = 1.19 log10 N + 2.03).", ""]
-        elif fits is not None and dataset in fits:
-            out += ["Compute-optimal model size: one model size is optimal at every budget, "
-                    "so no line can be fitted.", ""]
+        if views.get("model_size") is not None and views["model_size"].filter(pl.col("dataset") == dataset).height:
+            out += model_size_markdown(views["model_size"], models, fit, dataset)
+        elif fit is not None and hasattr(fit, "slope"):
+            out += [f"Compute-optimal model size: fitted log10 C = {fit.slope:.2f} log10 N {fit.intercept:+.2f} "
+                    "(the paper: log10 C = 1.19 log10 N + 2.03).", ""]
+        elif fit is not None:
+            a, b = fit
+            out += [f"Compute-optimal model size: fitted log10 C = {a:.2f} log10 N {b:+.2f} "
+                    "(the paper: log10 C = 1.19 log10 N + 2.03).", ""]
         out += _adaptive_section(views.get("adaptive"), dataset)
     out += prm_quality.summary_lines(views.get("prm_quality"))
     return "\n".join(out)
@@ -317,9 +417,9 @@ def latency_section(points: pl.DataFrame, front: pl.DataFrame, *, convention: st
         line = pl.when(pl.col("tied") > 1).then(
             pl.concat_str([_line(), pl.lit(" (+"), (pl.col("tied") - 1).cast(pl.String), pl.lit(" tied)")])
         ).otherwise(_line())
-        d = d.with_columns(line=line, held_out=_pm("held_out_accuracy", "held_out_se"),
+        d = d.with_columns(line=line, held_out=_pm("held_out_accuracy", "held_out_se", int(c["num_problems"].max())),
                            gain_ci=_ci("gain_ci_low", "gain_ci_high")).select(
-            "line", "n", pl.col("accuracy").alias("in-sample"), pl.col("held_out").alias("held-out ± 95%"),
+            "line", "n", pl.col("accuracy").alias("in-sample"), pl.col("held_out").alias("held-out [95% CI]"),
             "seconds", "flops_paper", pl.col("gain").alias("gain vs previous"),
             pl.col("gain_ci").alias("gain 95% CI"), pl.col("beats_previous").alias("significant"))
         out += [f"### Pareto front (seconds on {device})", "", markdown_table(d), ""]

@@ -21,9 +21,23 @@ error valid for either reading at the price of counting the Monte Carlo part twi
 the first: conservative by at most mean(se^2) / n, which is small, since
 se_i <= 0.5 / sqrt(num_draws) (0.016 at the default 1000 draws).
 
-Intervals are normal: mean +- 1.96 SE; p-values two-sided, 2 (1 - Phi(|mean| / SE)).
-With a few dozen problems the t distribution would be a little wider; at 64 problems
-its 97.5% quantile is 2.00 instead of 1.96.
+Intervals of differences are normal: mean +- 1.96 SE; p-values two-sided,
+2 (1 - Phi(|mean| / SE)). With a few dozen problems the t distribution would be a little
+wider; at 64 problems its 97.5% quantile is 2.00 instead of 1.96. Degenerate inputs
+(`contrast`): no problem, one problem, or a NaN value or Monte Carlo SE give no
+p-value and no interval, with the `reason` (a verdict reads "not testable"); a
+difference that is the same non-zero value on every problem with no Monte Carlo
+error (SE 0, where the normal test would say p = 0) is tested by the exact sign test,
+p = 2^(1 - n) (capped at 1: all n differences share one sign), with the sign test's
+interval for the median difference, [d, d] once 2^(1 - n) <= 0.05 (n >= 6), else
+unbounded.
+
+Intervals of an accuracy (a mean of per-problem values in [0, 1]; `accuracy_interval`)
+are Wilson score intervals at the effective number of problems
+n_eff = p (1 - p) / SE^2 (the number of 0/1 outcomes that would give this SE; n itself
+for 0/1 values without Monte Carlo error), so they stay inside [0, 1] where
+mean +- 1.96 SE would not (24 problems, 1 solved: 0.042 [0.007, 0.207], not
+[-0.040, 0.123]). At p = 0 or 1 (SE 0) they use n: [0, 3.84 / (n + 3.84)].
 
 Held-out choices (`crossfit`): the problems of each dataset are split into K folds by a
 seeded hash of (seed, dataset, problem_id) (`assign_folds`; balanced, independent of row
@@ -32,7 +46,10 @@ the other K - 1 folds and scored on the held-out fold; every problem is held out
 so each budget gets one held-out accuracy per problem, summarised like any accuracy
 (mean, `mean_se`). Because each fold's choice never saw its held-out problems, the
 held-out accuracy of the choice is unbiased, whereas the in-sample maximum of many noisy
-candidates is biased upwards (tests/test_stats.py simulates both).
+candidates is biased upwards (tests/test_stats.py simulates both). Its standard error is
+NOT `mean_se` of the held-out values, which ignores that each problem also trained the
+other folds' choices (the naive 95% interval covers 83-89%): pipeline.analysis.nested_cv
+estimates it by nested cross-validation (tests/test_nested_cv.py: coverage).
 
 Also: the minimum detectable paired difference (`mde`) and a bootstrap over problems of
 the compute-optimal model-size fit (`bootstrap_size_fit`). The ROC AUC of scores against
@@ -89,6 +106,10 @@ def mean_se(values, se=None) -> tuple[float, float]:
     return float(x.mean()), math.sqrt(var)
 
 
+NORMAL, SIGN = "normal", "exact sign test"  # Paired.method
+SIGN_MIN_PROBLEMS = 6  # 2^(1 - n) <= 0.05 from n = 6: the sign test's interval is then [d, d]
+
+
 @dataclass(frozen=True)
 class Paired:
     """A paired comparison of point a against point b on their common problems."""
@@ -100,33 +121,58 @@ class Paired:
     diff_se: float
     ci_low: float
     ci_high: float
-    p_value: float  # two-sided, H0: diff = 0
+    p_value: float  # two-sided, H0: diff = 0; NaN when not testable
+    method: str = NORMAL  # NORMAL, or SIGN for a constant non-zero difference; "" when not testable
+    reason: str = ""  # why there is no test ("" when there is one)
+
+    def testable(self) -> bool:
+        return not self.reason
 
     def significant(self) -> bool:
         """True when the 95% interval excludes 0."""
-        return self.ci_low > 0 or self.ci_high < 0
+        return self.testable() and (self.ci_low > 0 or self.ci_high < 0)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def untestable(reason: str, n: int = 0, diff: float = math.nan, *, accuracy_a: float = math.nan,
+               accuracy_b: float = math.nan) -> Paired:
+    """A comparison without a test: no SE, interval or p-value, and why."""
+    return Paired(n, accuracy_a, accuracy_b, diff, math.nan, math.nan, math.nan, math.nan, "", reason)
+
+
+def sign_test_p(n: int) -> float:
+    """Two-sided exact sign test p-value when all n non-zero differences share one sign."""
+    return min(1.0, 2.0 ** (1 - n))
+
+
 def contrast(d, mc_var=None, *, accuracy_a: float = math.nan, accuracy_b: float = math.nan) -> Paired:
     """Mean of per-problem differences `d` (any contrast of points on the same problems),
-    whose Monte Carlo variances are `mc_var`: SE by `mean_se`, 95% interval, two-sided p
-    (with a zero SE: 1 for a zero difference, 0 otherwise)."""
+    whose Monte Carlo variances are `mc_var`: SE by `mean_se`, 95% interval, two-sided p.
+    Degenerate inputs (module docstring): none or one problem, or a NaN, give no test
+    (`reason`); a constant non-zero difference with SE 0 gets the exact sign test."""
     # Rounded to 12 decimals (as the SQL does): two exact replays of the same quantity
     # computed in different ways (majority@1 and best_of_n@1 are both the fraction of
     # correct samples) differ in the last bits, which must not read as a difference.
     d = np.round(np.asarray(d, dtype=float), DECIMALS)
     v = np.zeros_like(d) if mc_var is None else np.asarray(mc_var, dtype=float)
+    kw = {"accuracy_a": accuracy_a, "accuracy_b": accuracy_b}
     if d.size == 0:
-        return Paired(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+        return untestable("no common problems", **kw)
+    if np.isnan(d).any() or np.isnan(v).any():
+        return untestable("a NaN (or NULL) value or standard error", int(d.size), math.nan, **kw)
+    if d.size < 2:
+        return untestable("fewer than two problems", int(d.size), float(d.mean()), **kw)
     diff, se = mean_se(d, np.sqrt(v))
+    n = int(d.size)
     if se > 0:
-        p = two_sided_p(diff / se)
-    else:
-        p = 1.0 if diff == 0 else 0.0
-    return Paired(int(d.size), accuracy_a, accuracy_b, diff, se, diff - Z95 * se, diff + Z95 * se, p)
+        return Paired(n, accuracy_a, accuracy_b, diff, se, diff - Z95 * se, diff + Z95 * se, two_sided_p(diff / se))
+    # every problem has the same difference and no Monte Carlo error: the normal test
+    # would give p = 0 at any n; the sign test is exact (its interval is the median's)
+    p = 1.0 if diff == 0 else sign_test_p(n)
+    lo, hi = (diff, diff) if n >= SIGN_MIN_PROBLEMS else (-math.inf, math.inf)
+    return Paired(n, accuracy_a, accuracy_b, diff, 0.0, lo, hi, p, SIGN)
 
 
 def paired(acc_a, acc_b, se_a=None, se_b=None) -> Paired:
@@ -139,6 +185,29 @@ def paired(acc_a, acc_b, se_a=None, se_b=None) -> Paired:
     if a.size == 0:
         return contrast(a)
     return contrast(a - b, sa**2 + sb**2, accuracy_a=float(a.mean()), accuracy_b=float(b.mean()))
+
+
+def accuracy_interval(mean, se, n, *, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a mean accuracy (per-problem values in [0, 1]) at the
+    effective number of problems n_eff = p (1 - p) / se^2 (module docstring); n where p
+    is 0 or 1 or se is 0 (0/1 values). Inside [0, 1]; NaN where the mean is NaN or n < 1.
+    Vectorised over numpy arrays (scalars give 0-d arrays; float() them)."""
+    p = np.clip(np.asarray(mean, dtype=float), 0.0, 1.0)
+    s = np.asarray(se, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inner = (p > 0) & (p < 1) & (s > 0)
+        m = np.where(inner, p * (1 - p) / np.where(s > 0, s, 1.0) ** 2, n)
+        # se = 0 inside (0, 1): every problem the same value, no Monte Carlo error
+        m = np.where((p > 0) & (p < 1) & (s == 0), np.inf, m)
+        z2 = z * z
+        k = np.where(np.isinf(m), 0.0, z2 / m)
+        centre = (p + k / 2) / (1 + k)
+        half = z / (1 + k) * np.sqrt(np.where(np.isinf(m), 0.0, p * (1 - p) / m + z2 / (4 * m * m)))
+        bad = np.isnan(p) | np.isnan(s) | ~(n >= 1)
+        lo = np.where(bad, np.nan, np.where(p == 0, 0.0, np.clip(centre - half, 0.0, 1.0)))
+        hi = np.where(bad, np.nan, np.where(p == 1, 1.0, np.clip(centre + half, 0.0, 1.0)))
+    return lo, hi
 
 
 def mde(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:

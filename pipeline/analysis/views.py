@@ -18,7 +18,10 @@ Macros:
                num_problems, accuracy_a, accuracy_b, diff (mean of a - b), diff_se,
                ci_low, ci_high (95%), p_value (two-sided). The SE counts each problem's
                Monte Carlo SE (pipeline.analysis.stats, `mean_se`). Unknown labels give
-               num_problems = 0 and NULLs.
+               num_problems = 0 and NULLs. Degenerate inputs give no test and a `reason`
+               (no common problems; fewer than two; a NULL or NaN accuracy or SE); a
+               constant non-zero difference (SE 0) gets the exact sign test, p = 2^(1 - n),
+               and the sign test's interval ([d, d] from n = 6, unbounded below).
     compare_to(dataset, point_b)
                TABLE: `paired` of every point of the dataset (point_a) against point_b.
     mean_se(x, v)
@@ -27,18 +30,29 @@ Macros:
     paired_diff(a, b)
                a - b rounded to 12 decimals (exact replays of one quantity computed two
                ways differ in the last bits; that is no difference).
-    normal_cdf(x), p_two_sided(z), p_value(diff, se)
+    normal_cdf(x), p_two_sided(z), p_value(diff, se, n := NULL)
                the standard normal CDF by `erfc_approx`, Numerical Recipes' erfcc
                (Chebyshev fit; fractional error below 1.2e-7 everywhere, so p-values keep
                7 significant digits however small), and the two-sided p-value of a
-               normal z (1 for a zero difference with zero SE, 0 for a nonzero one).
+               normal z (1 for a zero difference with zero SE; the exact sign test
+               2^(1 - n) for a non-zero one, NULL without n; NULL for NULL / NaN inputs
+               or n < 2).
+    diff_ci_low(diff, se, n), diff_ci_high(diff, se, n)
+               the 95% interval of a paired difference (normal; the sign test's where
+               se = 0); NULL when not testable.
+    accuracy_ci_low(p, se, n), accuracy_ci_high(p, se, n)
+               the 95% interval of an accuracy (a mean over n problems of values in
+               [0, 1]): Wilson's score interval at the effective number of problems
+               p (1 - p) / se^2 (n at p = 0 or 1); inside [0, 1]
+               (pipeline.analysis.stats.accuracy_interval).
 
 Views:
     accuracy_vs_flops  one row per curve point (dataset, model, prm, strategy,
                aggregation, n): accuracy (mean over problems), accuracy_se (standard error
                across problems), output_tokens and prompt_tokens (means per problem),
                flops_paper and flops_full (means per problem, the two conventions of
-               pipeline.core.flops), num_problems, and `oracle` (true for coverage / pass@n,
+               pipeline.core.flops), num_problems, accuracy_ci_low / accuracy_ci_high
+               (95%, inside [0, 1]: `accuracy_ci_low`), and `oracle` (true for coverage / pass@n,
                which needs the reference answer to pick a sample and so is an upper
                bound, not a strategy one can run, and for the adaptive policy with oracle
                difficulty bins, ORACLE_STRATEGIES). Every aggregation is here.
@@ -51,7 +65,10 @@ Views:
                every point (what `paired` joins).
     held_out   per (dataset, convention, device, budget): the cross-fitted choice's held-out
                accuracy (mean over problems of the choice each problem's fold made on
-               the other folds), accuracy_se (`mean_se`), flops (mean cost of the held-out
+               the other folds), accuracy_se (nested cross-validation, table
+               `held_out_se`, never below the naive one; the naive `mean_se` where the
+               problems are too few for nested folds: `se_method`), ci_low / ci_high (95%,
+               inside [0, 1]), naive_se, flops (mean cost of the held-out
                choices), num_problems, num_folds, choices (the distinct points chosen).
                `grid_k` identifies a budget of the compute_optimal grid (budget =
                10^(grid_k / 4)), `at_point` a budget equal to that point's cost.
@@ -78,7 +95,8 @@ Views:
                point against the previous (cheaper) front point, paired: previous (its
                label), gain (mean accuracy difference), gain_se, gain_ci_low,
                gain_ci_high, gain_p, beats_previous (the 95% interval excludes 0 on the
-               positive side). NULL for the first point.
+               positive side). NULL for the first point. held_out_ci_low / _high: the
+               held-out accuracy's 95% interval.
     compute_optimal  per (dataset, convention, device, budget): the best point within the
                budget, i.e. the most accurate headline non-oracle point of that front
                with flops (its cost) <= budget (= the Pareto point with the largest flops
@@ -90,14 +108,14 @@ Views:
                (from `models`), prm, strategy, aggregation, n, accuracy, accuracy_se,
                flops, flops_paper, flops_full, seconds (in-sample), point, and held
                out: held_out_accuracy, held_out_se, held_out_flops, folds_agreeing (of num_folds folds, how many
-               chose this same point on their training folds). In-sample accuracy never
+               chose this same point on their training folds), held_out_ci_low / _high. In-sample accuracy never
                decreases as the budget grows; the held-out accuracy need not.
 """
 
 from __future__ import annotations
 
 from pipeline.analysis.latency import MIXED, SEPARATOR
-from pipeline.analysis.stats import DECIMALS, Z95
+from pipeline.analysis.stats import DECIMALS, SIGN_MIN_PROBLEMS, Z95
 
 # Cost conventions: (name, per-problem cost column of `replay` / `accuracy_vs_flops`).
 # The front, compute_optimal, the cross-fitting and the adaptive allocation run once per
@@ -184,8 +202,33 @@ MACROS = [
         ELSE 2 - erfc_poly(-x, 1 / (1 - 0.5 * x)) END""",
     "CREATE MACRO normal_cdf(x) AS 0.5 * erfc_approx(-x / sqrt(2))",
     "CREATE MACRO p_two_sided(z) AS erfc_approx(abs(z) / sqrt(2))",
-    """CREATE MACRO p_value(diff, se) AS CASE WHEN se > 0 THEN p_two_sided(diff / se)
-        WHEN diff = 0 THEN 1.0 WHEN diff IS NOT NULL THEN 0.0 END""",
+    # Degenerate inputs (pipeline.analysis.stats.contrast): a NULL or NaN, or fewer than two
+    # problems, give NULL; a constant non-zero difference (SE 0) the exact sign test.
+    "CREATE MACRO sign_test_p(n) AS least(1.0, power(2.0, 1 - n))",
+    """CREATE MACRO untestable(diff, se, n) AS diff IS NULL OR se IS NULL OR isnan(diff) OR isnan(se)
+        OR coalesce(n < 2, false)""",
+    """CREATE MACRO p_value(diff, se, n := NULL) AS CASE WHEN untestable(diff, se, n) THEN NULL
+        WHEN se > 0 THEN p_two_sided(diff / se) WHEN diff = 0 THEN 1.0
+        WHEN n IS NOT NULL THEN sign_test_p(n) END""",
+    f"""CREATE MACRO diff_ci_low(diff, se, n) AS CASE WHEN untestable(diff, se, n) THEN NULL
+        WHEN se > 0 THEN diff - {Z95} * se WHEN n >= {SIGN_MIN_PROBLEMS} THEN diff ELSE '-inf'::DOUBLE END""",
+    f"""CREATE MACRO diff_ci_high(diff, se, n) AS CASE WHEN untestable(diff, se, n) THEN NULL
+        WHEN se > 0 THEN diff + {Z95} * se WHEN n >= {SIGN_MIN_PROBLEMS} THEN diff ELSE 'inf'::DOUBLE END""",
+    """CREATE MACRO test_reason(n, bad) AS CASE WHEN coalesce(n, 0) = 0 THEN 'no common problems'
+        WHEN bad > 0 THEN 'a NULL or NaN value or standard error' WHEN n < 2 THEN 'fewer than two problems' END""",
+    # Wilson score interval of an accuracy at the effective number of problems
+    # p (1 - p) / se^2 (pipeline.analysis.stats.accuracy_interval): inside [0, 1].
+    """CREATE MACRO wilson_m(p, se, n) AS CASE WHEN p > 0 AND p < 1 AND se > 0 THEN p * (1 - p) / (se * se)
+        WHEN p > 0 AND p < 1 THEN NULL ELSE n END""",
+    f"""CREATE MACRO wilson_bound(p, m, sgn) AS CASE WHEN m IS NULL THEN p
+        ELSE (p + {Z95 ** 2} / (2 * m) + sgn * {Z95} * sqrt(p * (1 - p) / m + {Z95 ** 2} / (4 * m * m)))
+             / (1 + {Z95 ** 2} / m) END""",
+    """CREATE MACRO accuracy_ci_low(p, se, n) AS CASE
+        WHEN p IS NULL OR se IS NULL OR isnan(p) OR isnan(se) OR NOT coalesce(n >= 1, false) THEN NULL
+        WHEN p <= 0 THEN 0.0 ELSE greatest(0.0, wilson_bound(least(p, 1.0), wilson_m(least(p, 1.0), se, n), -1)) END""",
+    """CREATE MACRO accuracy_ci_high(p, se, n) AS CASE
+        WHEN p IS NULL OR se IS NULL OR isnan(p) OR isnan(se) OR NOT coalesce(n >= 1, false) THEN NULL
+        WHEN p >= 1 THEN 1.0 ELSE least(1.0, wilson_bound(greatest(p, 0.0), wilson_m(greatest(p, 0.0), se, n), 1)) END""",
     # Var(mean) = var_samp(x) / n + sum(Monte Carlo variances) / n^2: see pipeline.analysis.stats.
     """CREATE MACRO mean_se(x, v) AS sqrt(coalesce(var_samp(x), 0) / nullif(count(x), 0)
         + sum(v) / nullif(count(x) * count(x), 0))""",
@@ -202,6 +245,10 @@ SELECT dataset, model, prm, strategy, aggregation, n,
        avg(accuracy) AS accuracy,
        CASE WHEN count(*) > 1 THEN stddev_samp(accuracy) / sqrt(count(*)) ELSE 0 END
            AS accuracy_se,
+       accuracy_ci_low(avg(accuracy), CASE WHEN count(*) > 1 THEN stddev_samp(accuracy) / sqrt(count(*))
+                       ELSE 0 END, count(*)) AS accuracy_ci_low,
+       accuracy_ci_high(avg(accuracy), CASE WHEN count(*) > 1 THEN stddev_samp(accuracy) / sqrt(count(*))
+                        ELSE 0 END, count(*)) AS accuracy_ci_high,
        avg(output_tokens) AS output_tokens,
        avg(prompt_tokens) AS prompt_tokens,
        avg(flops_paper) AS flops_paper,
@@ -238,13 +285,24 @@ ORDER BY a.dataset, a.model, a.prm NULLS FIRST, a.strategy, a.aggregation NULLS 
 
 HELD_OUT = """
 CREATE VIEW held_out AS
-SELECT dataset, convention, device, grid_k, at_point, min(budget) AS budget,
-       avg(accuracy) AS accuracy, mean_se(accuracy, accuracy_se * accuracy_se) AS accuracy_se,
-       avg(cost) AS flops, count(*) AS num_problems, count(DISTINCT fold) AS num_folds,
-       list_sort(list(DISTINCT point)) AS choices
-FROM held_out_problems
-GROUP BY dataset, convention, device, grid_k, at_point
-ORDER BY dataset, convention, device NULLS FIRST, budget
+WITH raw AS (
+    SELECT dataset, convention, device, grid_k, at_point, min(budget) AS budget,
+           avg(accuracy) AS accuracy, mean_se(accuracy, accuracy_se * accuracy_se) AS naive_se,
+           avg(cost) AS flops, count(*) AS num_problems, count(DISTINCT fold) AS num_folds,
+           list_sort(list(DISTINCT point)) AS choices
+    FROM held_out_problems
+    GROUP BY dataset, convention, device, grid_k, at_point
+)
+SELECT r.dataset, r.convention, r.device, r.grid_k, r.at_point, r.budget, r.accuracy,
+       greatest(coalesce(s.se, r.naive_se), r.naive_se) AS accuracy_se,
+       accuracy_ci_low(r.accuracy, greatest(coalesce(s.se, r.naive_se), r.naive_se), r.num_problems) AS ci_low,
+       accuracy_ci_high(r.accuracy, greatest(coalesce(s.se, r.naive_se), r.naive_se), r.num_problems) AS ci_high,
+       r.naive_se, CASE WHEN s.se IS NOT NULL THEN 'nested CV' ELSE 'naive' END AS se_method,
+       r.flops, r.num_problems, r.num_folds, r.choices
+FROM raw r LEFT JOIN {held_out_se} s
+  ON s.dataset = r.dataset AND s.convention = r.convention AND s.device IS NOT DISTINCT FROM r.device
+ AND s.grid_k IS NOT DISTINCT FROM r.grid_k AND s.at_point IS NOT DISTINCT FROM r.at_point
+ORDER BY r.dataset, r.convention, r.device NULLS FIRST, r.budget
 """
 
 # Points compare on keys rounded to 12 digits (accuracy; log10 of FLOPs), so that sums
@@ -287,7 +345,8 @@ WITH pts AS (
 ), step AS (
     SELECT s.dataset, s.convention, s.point, avg(paired_diff(x.accuracy, y.accuracy)) AS gain,
            mean_se(paired_diff(x.accuracy, y.accuracy),
-                   x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS gain_se
+                   x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS gain_se,
+           count(*) AS gain_n
     FROM stepped s
     JOIN point_problems x ON x.dataset = s.dataset AND x.point = s.point
     JOIN point_problems y ON y.dataset = s.dataset AND y.point = s.previous
@@ -299,10 +358,11 @@ SELECT s.dataset, s.convention, s.device, s.model, s.prm, s.strategy, s.aggregat
        s.tied, s.point,
        h.accuracy AS held_out_accuracy, h.accuracy_se AS held_out_se, h.flops AS held_out_flops,
        s.previous, t.gain, t.gain_se,
-       t.gain - {Z95} * t.gain_se AS gain_ci_low, t.gain + {Z95} * t.gain_se AS gain_ci_high,
-       p_value(t.gain, t.gain_se) AS gain_p,
-       CASE WHEN s.previous IS NOT NULL THEN coalesce(t.gain - {Z95} * t.gain_se > 0, false) END
-           AS beats_previous
+       diff_ci_low(t.gain, t.gain_se, t.gain_n) AS gain_ci_low, diff_ci_high(t.gain, t.gain_se, t.gain_n) AS gain_ci_high,
+       p_value(t.gain, t.gain_se, t.gain_n) AS gain_p,
+       CASE WHEN s.previous IS NOT NULL THEN coalesce(diff_ci_low(t.gain, t.gain_se, t.gain_n) > 0, false) END
+           AS beats_previous,
+       h.ci_low AS held_out_ci_low, h.ci_high AS held_out_ci_high
 FROM stepped s
 LEFT JOIN step t ON t.dataset = s.dataset AND t.convention = s.convention AND t.point = s.point
 LEFT JOIN held_out h ON h.dataset = s.dataset AND h.convention = s.convention
@@ -344,7 +404,7 @@ SELECT b.dataset, b.convention, b.device, b.budget, b.log10_budget, b.model, m.p
        b.flops_paper, b.flops_full, b.seconds, b.point,
        h.accuracy AS held_out_accuracy, h.accuracy_se AS held_out_se, h.flops AS held_out_flops,
        CASE WHEN h.num_folds IS NOT NULL THEN coalesce(a.folds, 0) END AS folds_agreeing,
-       h.num_folds
+       h.num_folds, h.ci_low AS held_out_ci_low, h.ci_high AS held_out_ci_high
 FROM best b LEFT JOIN {{models}} m USING (model)
 LEFT JOIN held_out h ON h.dataset = b.dataset AND h.convention = b.convention AND h.grid_k = b.k
                     AND h.device IS NOT DISTINCT FROM b.device
@@ -353,32 +413,46 @@ LEFT JOIN agree a ON a.dataset = b.dataset AND a.convention = b.convention AND a
 ORDER BY b.dataset, b.convention, b.device NULLS FIRST, b.budget
 """
 
+# num_bad counts problems with a NULL or NaN accuracy or SE: the comparison is then not
+# testable (a NULL would silently drop out of sum() and avg()).
 _PAIRED_BODY = """
 SELECT x.dataset, x.point AS point_a, y.point AS point_b, count(*) AS num_problems,
        avg(x.accuracy) AS accuracy_a, avg(y.accuracy) AS accuracy_b,
-       avg(paired_diff(x.accuracy, y.accuracy)) AS diff,
+       avg(paired_diff(x.accuracy, y.accuracy)) AS raw_diff,
        mean_se(paired_diff(x.accuracy, y.accuracy),
-               x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS diff_se
+               x.accuracy_se * x.accuracy_se + y.accuracy_se * y.accuracy_se) AS raw_se,
+       count(*) FILTER (WHERE x.accuracy IS NULL OR y.accuracy IS NULL OR isnan(x.accuracy) OR isnan(y.accuracy)
+                        OR x.accuracy_se IS NULL OR y.accuracy_se IS NULL OR isnan(x.accuracy_se)
+                        OR isnan(y.accuracy_se)) AS num_bad
 FROM point_problems x
 JOIN point_problems y ON y.dataset = x.dataset AND y.problem_id = x.problem_id
 """
 
-_PAIRED_STATS = f"""diff - {Z95} * diff_se AS ci_low, diff + {Z95} * diff_se AS ci_high,
-       p_value(diff, diff_se) AS p_value"""
+# Degenerate inputs (pipeline.analysis.stats.contrast): `reason` says why there is no
+# test; a constant non-zero difference gets the exact sign test and its interval.
+_PAIRED_STATS = """CASE WHEN num_bad = 0 THEN raw_diff END AS diff,
+       CASE WHEN test_reason(num_problems, num_bad) IS NULL THEN raw_se END AS diff_se,
+       CASE WHEN test_reason(num_problems, num_bad) IS NULL THEN diff_ci_low(raw_diff, raw_se, num_problems) END
+           AS ci_low,
+       CASE WHEN test_reason(num_problems, num_bad) IS NULL THEN diff_ci_high(raw_diff, raw_se, num_problems) END
+           AS ci_high,
+       CASE WHEN test_reason(num_problems, num_bad) IS NULL THEN p_value(raw_diff, raw_se, num_problems) END
+           AS p_value,
+       test_reason(num_problems, num_bad) AS reason"""
 
 TABLE_MACROS = [
     f"""CREATE MACRO paired(ds, a, b) AS TABLE
 SELECT ds AS dataset, a AS point_a, b AS point_b,
-       coalesce(num_problems, 0) AS num_problems, accuracy_a, accuracy_b, diff, diff_se,
+       coalesce(num_problems, 0) AS num_problems, accuracy_a, accuracy_b,
        {_PAIRED_STATS}
 FROM (SELECT 1) LEFT JOIN ({_PAIRED_BODY}
       WHERE x.dataset = ds AND x.point = a AND y.point = b
       GROUP BY x.dataset, x.point, y.point) ON true""",
     f"""CREATE MACRO compare_to(ds, b) AS TABLE
-SELECT *, {_PAIRED_STATS} FROM ({_PAIRED_BODY}
+SELECT dataset, point_a, point_b, num_problems, accuracy_a, accuracy_b, {_PAIRED_STATS} FROM ({_PAIRED_BODY}
       WHERE x.dataset = ds AND y.point = b
       GROUP BY x.dataset, x.point, y.point)
-ORDER BY diff DESC, point_a""",
+ORDER BY diff DESC NULLS LAST, point_a""",
 ]
 
 # A stand-in for a database built without a models table (unit tests of the views).
@@ -387,11 +461,17 @@ _NO_MODELS = "(SELECT NULL::VARCHAR AS model, NULL::BIGINT AS params_total)"
 VIEW_NAMES = ("accuracy_vs_flops", "point_problems", "points", "held_out", "pareto", "compute_optimal")
 
 
-def create(con, *, has_models: bool = True) -> None:
+# A stand-in for a database built without the held_out_se table (no nested-CV SEs).
+_NO_HELD_OUT_SE = """(SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS convention, NULL::VARCHAR AS device,
+    NULL::BIGINT AS grid_k, NULL::VARCHAR AS at_point, NULL::DOUBLE AS se WHERE false)"""
+
+
+def create(con, *, has_models: bool = True, has_held_out_se: bool = True) -> None:
     """Macros and views, in dependency order, on a connection whose tables exist."""
     for sql in MACROS:
         con.execute(sql)
-    for sql in (ACCURACY_VS_FLOPS, POINT_PROBLEMS, POINTS, HELD_OUT, PARETO):
+    for sql in (ACCURACY_VS_FLOPS, POINT_PROBLEMS, POINTS,
+                HELD_OUT.format(held_out_se="held_out_se" if has_held_out_se else _NO_HELD_OUT_SE), PARETO):
         con.execute(sql)
     con.execute(COMPUTE_OPTIMAL.format(models="models" if has_models else _NO_MODELS))
     for sql in TABLE_MACROS:

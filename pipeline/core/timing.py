@@ -21,6 +21,13 @@ Record (JSON object, `version` 1):
     prm_tokens     int    tokens the PRM (or the value head's policy) read
     device         str    `describe_device`: "<GPU name> x<count>" or "<CPU model> (<n> cores)"
     engine         str    versions of the installed engine libraries (`engine_versions`)
+    prm            object (score and search records only) how the PRM computed what it
+                          read: `path` ("plain" | "prefix reuse"), `chosen` ("auto": the
+                          cheaper plan, pipeline/prm/batching.py; "session": a tree
+                          search's), `forward_passes`, `computed_tokens` (run through the
+                          model, vs prm_tokens read), the batch budget (`samples_per_pass`
+                          on a CPU, `token_budget` and `work_bytes` on CUDA) and the plans'
+                          `estimated_cost`; a search adds `prm_s`, its seconds in PRM calls
 Counts a stage does not have are 0. A file written before timing existed has no record:
 `read_record` returns None and every consumer treats it as "not measured" (NULL).
 """
@@ -133,12 +140,12 @@ def engine_versions() -> str:
     return ", ".join(found)
 
 
-def record(watch: Stopwatch, *, device: str, **counts: int) -> dict[str, Any]:
+def record(watch: Stopwatch, *, device: str, prm: dict[str, Any] | None = None, **counts: int) -> dict[str, Any]:
     """The timing record of one output (module docstring); unknown count names fail."""
     unknown = set(counts) - set(COUNTS)
     if unknown:
         raise ValueError(f"timing.record: unknown count(s) {sorted(unknown)}; known: {COUNTS}")
-    return {
+    rec = {
         "version": VERSION,
         "load_s": round(watch["load"], 6),
         "work_s": round(watch["work"], 6),
@@ -146,6 +153,9 @@ def record(watch: Stopwatch, *, device: str, **counts: int) -> dict[str, Any]:
         "device": device,
         "engine": engine_versions(),
     }
+    if prm is not None:
+        rec["prm"] = prm
+    return rec
 
 
 def as_metadata(rec: dict[str, Any]) -> dict[str, str]:

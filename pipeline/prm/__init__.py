@@ -1,11 +1,14 @@
 """Process reward models: one score per reasoning step, read from one pass over each sample
-(each distinct token prefix computed once: pipeline/prm/prefix.py).
+(each distinct token prefix computed once where the plan says that is cheaper:
+pipeline/prm/prefix.py; batch budgets and the choice: pipeline/prm/batching.py).
 
     prm = load("math-shepherd", None)            # default model of the format
     scores, tokens = prm.score(questions, texts, step_ends, batch_size=8)
     # scores[i][k]: step k of sample i, in (0, 1); tokens[i]: tokens the PRM read
-    session = prm.session()  # the same `score`, keeping the KV cache of what it read:
-    session.score(...)       # a text whose token prefix it read computes only the rest
+    # prm.last_call: the path taken (prefix reuse or plain), forward passes, budget
+    session = prm.session()  # the same `score`, keeping the KV cache of what it read
+    session.score(...)       # (within a byte budget): a text whose token prefix it
+                             # read computes only the rest
 
 Formats (registry FORMATS, format -> "module:Class", imported on first use):
     math-shepherd   P("+") at a "ки" tag after each step (pipeline/prm/tagged.py)

@@ -5,16 +5,22 @@ its steps are scored (`Encoded`); `HFPRM.score` computes the model's output for 
 token of every sequence and the adapter's `read` takes the step scores from it. Two
 paths compute that output, with the same scores up to float rounding:
 
-* prefix reuse (the default, `pipeline/prm/prefix.py`): the sequences go into a radix
-  tree of token ids and every distinct token prefix is computed once, each new segment
-  on top of the KV cache of the segments before it, batched by length. The N samples
-  of a problem read their shared question once. `PRM.session()` keeps the tree across
-  calls, so a tree search scores each child from its parent's cached path;
+* prefix reuse (`pipeline/prm/prefix.py`): the sequences go into a radix tree of token
+  ids and every distinct token prefix is computed once, each new segment on top of the
+  KV cache of the segments before it, batched by length. The N samples of a problem
+  read their shared question once. `PRM.session()` keeps the tree across calls, so a
+  tree search scores each child from its parent's cached path;
 * plain (`reuse_prefix=False`, and adapters whose model cannot take a KV cache): ONE
   forward pass per sample, samples sorted by length (longest first, so running out of
-  memory shows at once), cut into batches of `batch_size`, right-padded with an
-  attention mask (causal models: padding after the last real token changes nothing
-  before it).
+  memory shows at once), cut into batches, right-padded with an attention mask (causal
+  models: padding after the last real token changes nothing before it).
+
+`HFPRM.score` takes, by default (`reuse_prefix="auto"`), the path whose plan costs less
+(`pipeline/prm/batching.py`: both are planned before anything runs), and records what
+it did in `last_call` (path, forward passes, tokens computed, budget, both estimates),
+which the score stage logs and keeps in its timing record. Batches follow
+`batching.plan_memory`: `batch_size` samples per pass on a CPU, a token budget from the
+free memory and the model's KV size on CUDA (or an explicit `token_budget`).
 
 The tokens a PRM reports per sample are the tokens of the sequence it scored, whether
 or not a cached prefix spared computing some of them: the same count for both paths,
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.progress import progress
+from pipeline.prm import batching
 from pipeline.prm import positions as pos_mod
 from pipeline.prm import prefix as prefix_mod
 
@@ -60,10 +67,11 @@ class PRM(abc.ABC):
     ) -> tuple[list[list[float]], list[int]]:
         """Per-sample per-step scores (step order) and the tokens read per sample."""
 
-    def session(self, *, max_bytes: int = prefix_mod.DEFAULT_MAX_BYTES) -> "PRM":
+    def session(self, *, max_bytes: int | None = None) -> "PRM":
         """An object with this PRM's `score` that may keep what it read for later calls
-        (a tree search scores children after their parents); the PRM itself when it
-        keeps nothing."""
+        (a tree search scores children after their parents), holding at most `max_bytes`
+        of KV cache (None: pipeline/prm/batching.py's default for the device); the PRM
+        itself when it keeps nothing."""
         return self
 
     @classmethod
@@ -253,20 +261,21 @@ def check_inputs(prm: PRM, questions: Sequence[str], texts: Sequence[str], step_
 
 def run_batches(
     items: Sequence[Encoded],
-    batch_size: int,
+    budget: batching.Budget | int,
     pad: int,
     device: str,
     fn: Callable[[Any, Any, list[Encoded]], list[Any]],
 ) -> list[Any]:
     """Call `fn(input_ids, attention_mask, rows)` once per batch of length-sorted,
-    right-padded samples; returns fn's per-row results in the original order."""
+    right-padded samples (`batching.plain_batches` within `budget`, a Budget or a batch
+    size); returns fn's per-row results in the original order."""
     import torch
 
-    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
+    if isinstance(budget, int):
+        budget = batching.count_budget(budget)
     results: list[Any] = [None] * len(items)
-    batches = range(0, len(order), batch_size)
-    for start in progress(batches, desc="PRM forward passes", total=len(batches), unit="batch"):
-        idx = order[start:start + batch_size]
+    batches = batching.plain_batches([len(item.input_ids) for item in items], budget)
+    for idx in progress(batches, desc="PRM forward passes", total=len(batches), unit="batch"):
         rows = [items[i] for i in idx]
         width = max(len(r.input_ids) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -326,8 +335,7 @@ class HFPRM(PRM):
             items.append(item)
         return items
 
-    def prefix_tree(self, *, keep: bool = False, max_bytes: int = prefix_mod.DEFAULT_MAX_BYTES
-                    ) -> prefix_mod.PrefixTree | None:
+    def prefix_tree(self, *, keep: bool = False, max_bytes: int | None = None) -> prefix_mod.PrefixTree | None:
         """A radix tree over this PRM's model (pipeline/prm/prefix.py), or None when
         the model cannot reuse prefixes."""
         parts = self.split_forward()
@@ -350,35 +358,65 @@ class HFPRM(PRM):
                                      kv_bytes_per_token=kv_bytes_per_token(body), max_bytes=max_bytes)
 
     def run(self, items: Sequence[Encoded], batch_size: int, fn: Callable[[Any, int, Encoded], Any], *,
-            tree: prefix_mod.PrefixTree | None = None, reuse_prefix: bool = True) -> list[Any]:
-        """`fn(output, row, item)` for every item, the output computed through `tree`
-        (default: a fresh one for this call) or, with `reuse_prefix=False` or a model
-        that cannot reuse prefixes, by the plain path; in the original order."""
+            tree: prefix_mod.PrefixTree | None = None, reuse_prefix: bool | str = "auto",
+            token_budget: int | None = None) -> list[Any]:
+        """`fn(output, row, item)` for every item, in the original order, the output
+        computed through `tree` (a session's), or by the path `reuse_prefix` names:
+        True prefix reuse on a fresh tree, False the plain path, "auto" the one
+        `batching.choose` prefers; a model that cannot reuse prefixes takes the plain
+        path. Batches: `batching.plan_memory` (`token_budget` overrides). What it did
+        goes to `self.last_call`."""
+        seqs = [item.input_ids for item in items]
+        chosen = ("auto" if reuse_prefix == "auto" else "forced") if tree is None else \
+            "session" if tree.keep else "forced"
         if tree is None and reuse_prefix:
             tree = self.prefix_tree()
+        budget, kv_limit = batching.plan_memory(
+            self.device, self.model, batch_size=int(batch_size), tokens=token_budget,
+            max_bytes=tree.max_bytes if tree is not None else None,
+            cached_bytes=tree.cached * tree.kv_bytes if tree is not None else 0)
+        estimates = {}
+        if tree is not None and chosen == "auto":
+            estimates = {batching.PLAIN: batching.plain_plan([len(s) for s in seqs], budget),
+                         batching.REUSE: tree.estimate(seqs, budget, kv_limit)}
+            if batching.choose(estimates[batching.PLAIN], estimates[batching.REUSE]) == batching.PLAIN:
+                tree = None
+        stats = {"path": batching.PLAIN if tree is None else batching.REUSE, "chosen": chosen,
+                 "tokens": int(sum(len(s) for s in seqs)), **budget.describe(),
+                 "estimated_cost": {k: v["cost"] for k, v in estimates.items()}}
         if tree is None:
             def step(input_ids, attention_mask, rows):
                 out = self.forward(input_ids, attention_mask)
                 return [fn(out, r, item) for r, item in enumerate(rows)]
 
-            return run_batches(items, int(batch_size), pad_id(self.tokenizer), self.device, step)
-        return tree.run([item.input_ids for item in items], int(batch_size),
-                        lambda out, i: fn(out[None], 0, items[i]))
+            out = run_batches(items, budget, pad_id(self.tokenizer), self.device, step)
+            plain = batching.plain_plan([len(s) for s in seqs], budget)
+            stats.update(forward_passes=plain["forward_passes"], computed_tokens=plain["computed_tokens"])
+        else:
+            before = (tree.forward_passes, tree.computed_tokens)
+            tree.peak_cached = tree.cached
+            out = tree.run(seqs, budget, lambda o, i: fn(o[None], 0, items[i]), max_bytes=kv_limit)
+            stats.update(forward_passes=tree.forward_passes - before[0], computed_tokens=tree.computed_tokens - before[1],
+                         kv_limit_bytes=int(kv_limit), peak_kv_bytes=int(tree.peak_cached * tree.kv_bytes))
+        self.last_call = stats
+        return out
 
-    def score(self, questions, texts, step_ends, *, batch_size: int = 8, reuse_prefix: bool = True,
-              tree: prefix_mod.PrefixTree | None = None):
-        """Per-step scores and tokens per sample (see PRM.score); `reuse_prefix=False`
-        takes the plain path (one forward pass per sample), `tree` a session's tree."""
+    def score(self, questions, texts, step_ends, *, batch_size: int = 8, reuse_prefix: bool | str = "auto",
+              tree: prefix_mod.PrefixTree | None = None, token_budget: int | None = None):
+        """Per-step scores and tokens per sample (see PRM.score). `reuse_prefix`: "auto"
+        (the cheaper plan), True (prefix reuse) or False (the plain path: one forward
+        pass per sample); `tree` a session's tree; `token_budget` padded new tokens per
+        forward pass instead of the device's default (see `run`)."""
         items = self.encode_all(questions, texts, step_ends, batch_size)
 
         def read(out, r, item):
             return [float(v) for v in _tolist(self.read(out, r, item))]
 
-        scores = self.run(items, batch_size, read, tree=tree, reuse_prefix=reuse_prefix)
+        scores = self.run(items, batch_size, read, tree=tree, reuse_prefix=reuse_prefix, token_budget=token_budget)
         check_finite(self, scores)
         return scores, [len(item.input_ids) for item in items]
 
-    def session(self, *, max_bytes: int = prefix_mod.DEFAULT_MAX_BYTES) -> PRM:
+    def session(self, *, max_bytes: int | None = None) -> PRM:
         tree = self.prefix_tree(keep=True, max_bytes=max_bytes)
         return self if tree is None else Session(self, tree)
 
@@ -392,8 +430,13 @@ class Session(PRM):
         self.prm, self.tree = prm, tree
         self.name, self.format, self.num_parameters = prm.name, prm.format, prm.num_parameters
 
-    def score(self, questions, texts, step_ends, *, batch_size: int = 8):
-        return self.prm.score(questions, texts, step_ends, batch_size=batch_size, tree=self.tree)
+    def score(self, questions, texts, step_ends, *, batch_size: int = 8, token_budget: int | None = None):
+        return self.prm.score(questions, texts, step_ends, batch_size=batch_size, tree=self.tree,
+                              token_budget=token_budget)
+
+    @property
+    def last_call(self) -> dict[str, Any] | None:
+        return getattr(self.prm, "last_call", None)
 
 
 def _tolist(value: Any) -> list[float]:

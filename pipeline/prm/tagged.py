@@ -42,7 +42,9 @@ llemma-prm     (tkitsers/Llemma-reward-model, the reward model of Wu et al.'s in
                Options: tag ("ки"), tag_sep (" "), template ("{question}").
 
 Common options: device (default cuda when available), dtype (bfloat16 on CUDA, float32
-on CPU), tokenizer (a different tokenizer path), revision, trust_remote_code.
+on CPU), tokenizer (a different tokenizer path), revision, trust_remote_code;
+`_loaded=(model, tokenizer)` wraps a model built by the caller (benchmarks/gpu_prm.py:
+random weights of a named shape).
 """
 
 from __future__ import annotations
@@ -80,9 +82,16 @@ class TaggedPRM(HFPRM):
         tokenizer: str | None = None,
         revision: str | None = None,
         trust_remote_code: bool | None = None,
+        _loaded: tuple[Any, Any] | None = None,
         **options: Any,
     ) -> None:
         self.name = str(model or self.default_model)
+        if _loaded is not None:  # (model, tokenizer) built by the caller: benchmarks/gpu_prm.py
+            self.model, self.tokenizer = _loaded
+            self.device = str(next(self.model.parameters()).device)
+            self.configure(**options)
+            self.num_parameters = count_parameters(self.model)
+            return
         self.device = resolve_device(device)
         remote = self.default_trust_remote_code if trust_remote_code is None else bool(trust_remote_code)
         self.tokenizer = load_tokenizer(tokenizer or self.name, revision=revision, trust_remote_code=remote)

@@ -16,6 +16,10 @@ Rules worth knowing (MATH answers are exact values):
 * Words compare case-insensitively (\\text{east} == East); single letters do not
   (they are variables or choice labels).
 * LaTeX is read as TeX reads it: \\sqrt51 is \\sqrt{5}1 and \\frac123 is \\frac{1}{2}3.
+* A percentage p\\% (also p%, "p percent", p\\text{\\%}) equals both p and p/100, in
+  either order (10\\% == 10 and 10\\% == 0.1; 12.5\\% == 12.5 and 12.5\\% == \\frac18),
+  and another percentage only with the same p (10\\% != 0.1\\%). So equivalence is not
+  transitive there: 10 != 0.1, though both equal 10\\%.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ _STEP_TAG = re.compile(r"(?:\s*ки)+\s*$")
 _THIN_SPACE = re.compile(r"\\\\|\\[,;: ]")
 # A text answer: a word or phrase of letters (3+ letters: "ab" may be a product of variables).
 _WORDS = re.compile(r"[A-Za-z]{3,}(?: [A-Za-z]+)*")
+# A percentage: its value, then a percent sign however written (normalised to "p%").
+_PERCENT = re.compile(
+    r"(.*?\S)\s*(?:\\?%|\\(?:text|mbox|mathrm)\s*\{\s*(?:\\?%|percent)\s*\}|percent)"
+)
 
 
 def _balanced(text: str, open_at: int) -> tuple[str, int] | None:
@@ -187,6 +195,10 @@ def normalize(answer: str) -> str:
         s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
         s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
         s = s.strip().rstrip(".").strip().strip("$").strip()
+        m = _PERCENT.fullmatch(s)
+        if m and "%" not in m.group(1):
+            body = normalize(m.group(1))
+            return f"{body}%" if body else s
         # A trailing unit ("18 dollars", "5\text{ cm}") after a plain number is not part of the value.
         m = re.fullmatch(
             rf"({_NUM_PREFIX}|[+-]?\d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?)\s*"
@@ -343,7 +355,7 @@ def _exact_decimals(expr: object) -> object:
 def _value(s: str) -> complex | None:
     """Numeric value of a constant answer such as 2\\sqrt{2}; None when symbolic or unsure."""
     if "%" in s:
-        return None  # math_verify accepts both 10 and 0.1 for 10\%; leave that to it
+        return None  # a percent inside a longer answer ("10\%, 20\%"): left to math_verify
     parsed = _parsed(s)
     try:
         expr = parsed[0]
@@ -381,9 +393,39 @@ def _math_verify(pred: str, ref: str) -> bool:
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
+def _percent_body(s: str) -> str | None:
+    """p of a normalised percentage "p%" (one percent sign, at the end); else None."""
+    if s.endswith("%") and s.count("%") == 1 and len(s) > 1:
+        return s[:-1]
+    return None
+
+
+def _hundredth(body: str) -> str:
+    """body / 100 as an answer string: exact for a number, LaTeX otherwise."""
+    value = _as_number(body)
+    if value is None:
+        return f"\\frac{{{body}}}{{100}}"
+    value /= 100
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
 @functools.lru_cache(maxsize=65536)
 def _equivalent(pred: str, ref: str) -> bool:
     p, r = _core(pred), _core(ref)
+    if not p or not r:
+        return False
+    pp, rp = _percent_body(p), _percent_body(r)
+    if pp is not None and rp is not None:
+        return _same(pp, rp)
+    if pp is not None or rp is not None:
+        # p% against a plain value: the same whether the value was written as p or p/100
+        body, other = (pp, r) if pp is not None else (rp, p)
+        return _same(body, other) or _same(_hundredth(body), other)
+    return _same(p, r)
+
+
+def _same(p: str, r: str) -> bool:
+    """Equivalence of two normalised answers without a percent sign at the end."""
     if not p or not r:
         return False
     if p == r:

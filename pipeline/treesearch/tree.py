@@ -72,6 +72,7 @@ never imports it.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -258,6 +259,7 @@ class Searcher:
     def __init__(self, generator: Generator, prm: Any, questions: list[str], prompts_: list[str], *,
                  stop: Sequence[str], limits: Limits, batch_size: int = 8):
         self.generator, self.prm, self.limits, self.batch_size = generator, prm, limits, batch_size
+        self.prm_seconds = 0.0  # wall seconds inside PRM calls (the search's timing record)
         # A scoring session keeps the PRM's KV cache of every path it read, so a child is
         # computed from its parent's cached path: only the new step's tokens (plus any
         # token that merges across the boundary) go through the model.
@@ -389,10 +391,12 @@ class Searcher:
             return
         keys = list(unique)
         texts = [t for _, t in keys]
+        start = time.perf_counter()
         scores, tokens = self.scorer.score(
             [self.trees[p].question for p, _ in keys], texts,
             [unique[k][0].step_ends() for k in keys], batch_size=self.batch_size,
         )
+        self.prm_seconds += time.perf_counter() - start
         for (p, text), s, t in zip(keys, scores, tokens, strict=True):
             nodes = unique[(p, text)]
             if len(s) != nodes[0].depth or not all(math.isfinite(x) for x in s):

@@ -77,6 +77,28 @@ def prompt_for(config: dict, model: str, dataset: str | None) -> dict:
     return {"format": "plain", "stop": [], **config["prompts"][name]}
 
 
+def model_prms(config: dict, model: str) -> list[str]:
+    """The PRMs that score `model`'s samples and guide its searches: `models.<model>.prms`,
+    default every PRM (by name, in config order). A PRM a model leaves out gets no scores,
+    no PRM strategies, no searches and (a value head) no training samples or head for it."""
+    prms = list(config.get("prms", {}))
+    chosen = config["models"][model].get("prms")
+    if chosen is None:
+        return prms
+    unknown = [p for p in chosen if p not in prms]
+    if unknown:
+        raise ValueError(f"models.{model}.prms: {unknown} not among the keys of prms {sorted(prms)}")
+    return [p for p in prms if p in chosen]
+
+
+def model_sampling(config: dict, model: str) -> tuple[int, bool]:
+    """(N, greedy) of `model`'s evaluation caches: `models.<model>.n` / `.greedy` over
+    `sampling.n` / `sampling.greedy`. Neither enters a cache key (N never does: a cache
+    grows by sample blocks), so a per-model N leaves every other model's caches alone."""
+    mcfg, sampling = config["models"][model], config["sampling"]
+    return int(mcfg.get("n", sampling["n"])), bool(mcfg.get("greedy", sampling.get("greedy", True)))
+
+
 def trained_prms(config: dict) -> dict[str, dict]:
     """PRMs the workflow fits itself (value heads), by name."""
     return {n: p for n, p in config.get("prms", {}).items() if p["format"] == "value-head"}
@@ -92,8 +114,9 @@ def all_datasets(config: dict) -> dict[str, dict]:
 
 
 def caches(config: dict) -> list[Cache]:
-    """Every cache the config asks for: sampled and greedy for every dataset x model,
-    and the samples each trained PRM learns from (kind "train")."""
+    """Every cache the config asks for: sampled (N = `model_sampling`) and greedy for
+    every dataset x model, and the samples each trained PRM learns from (kind "train")
+    for every model the PRM scores (`model_prms`)."""
     shards = {**SHARD_DEFAULTS, **config.get("shards", {})}
     sampling = {"seed": 0, "greedy": True, **config["sampling"]}
     train = {f"{n}-train": p["train"] for n, p in trained_prms(config).items()}
@@ -103,6 +126,8 @@ def caches(config: dict) -> list[Cache]:
         ident = dataset_identity(dataset, dcfg)
         pblocks = generate.blocks(num_problems, shards["problems"])
         for model, mcfg in config["models"].items():
+            if dataset in train and dataset[:-len("-train")] not in model_prms(config, model):
+                continue
             prompt = prompt_for(config, model, dataset if dataset not in train else None)
             engine_args = mcfg.get("engine_args", {})
             model_id = models.identity(mcfg["path"], mcfg.get("revision"))
@@ -118,8 +143,9 @@ def caches(config: dict) -> list[Cache]:
                 }
                 kinds = [("train", params, t.get("n", 8))]
             else:
-                kinds = [("sampled", sampling, sampling["n"])]
-                if sampling["greedy"]:
+                n_model, greedy = model_sampling(config, model)
+                kinds = [("sampled", sampling, n_model)]
+                if greedy:
                     kinds.append(("greedy", generate.greedy_sampling(sampling), 1))
             for kind, params, n in kinds:
                 params = {k: params[k] for k in generate.SAMPLING_KEYS}
@@ -182,6 +208,8 @@ def rollouts(config: dict, planned: list[Cache]) -> list[Rollouts]:
             continue
         settings = {k: labels.settings_of(spec)[k] for k in labels.KEY_SETTINGS}
         for model in config["models"]:
+            if prm not in model_prms(config, model):
+                continue
             train = find(planned, dataset=f"{prm}-train", model=model, kind="train")
             key = hashlib.sha256(json.dumps({"train_key": train.key, **settings}, sort_keys=True).encode()).hexdigest()[:12]
             job = {"key": key, "train_key": train.key, "rollouts": settings, "prompt": train.prompt,
@@ -220,10 +248,11 @@ class Search:
 
 def searches(config: dict) -> list[Search]:
     """Every tree search the config asks for: each `search` entry x evaluation dataset x
-    model x PRM. The key hashes what determines the trees (model, prompt, sampling
-    temperature/top_p/seed, dataset, engine args, the PRM entry, the algorithm's
-    settings and limits), not the budgets or `limit`: a new budget or more problems add
-    jobs; any other change writes a new folder beside the old one."""
+    model x PRM (those of the entry's `prms` the model uses, `model_prms`). The key
+    hashes what determines the trees (model, prompt, sampling temperature/top_p/seed,
+    dataset, engine args, the PRM entry, the algorithm's settings and limits), not the
+    budgets or `limit`: a new budget or more problems add jobs; any other change writes a
+    new folder beside the old one."""
     shards = {**SHARD_DEFAULTS, **config.get("shards", {})}
     prms = config.get("prms", {})
     out: list[Search] = []
@@ -274,6 +303,8 @@ def searches(config: dict) -> list[Search]:
                 prompt = prompt_for(config, model, dataset)
                 engine_args = mcfg.get("engine_args", {})
                 for prm in chosen:
+                    if prm not in model_prms(config, model):
+                        continue
                     what = {
                         "model": models.identity(mcfg["path"], mcfg.get("revision")),
                         "prompt": prompt, "sampling": sampling, "dataset": ident,
