@@ -50,13 +50,20 @@ def frames():
     return candidates, points, strategies
 
 
-def test_matched_exact_mixture_and_nearest():
-    curve = [(2.0, "a"), (4.0, "b"), (8.0, "c")]
-    assert search_compare.matched(4.0, curve) == ("exact", [("b", 1.0)], 4.0)
-    how, mix, cost = search_compare.matched(5.0, curve)
-    assert how == "mixture" and mix == [("b", 0.75), ("c", 0.25)] and cost == 5.0  # 0.75 x 4 + 0.25 x 8 = 5
-    assert search_compare.matched(1.0, curve) == ("nearest", [("a", 1.0)], 2.0)
-    assert search_compare.matched(20.0, curve) == ("nearest", [("c", 1.0)], 8.0)
+def test_exact_match_and_no_common_problems():
+    candidates, points, strategies = frames()
+    # dvts at exactly rebase@4's cost: that point alone, no mixture
+    t = search_compare.compare(candidates.with_columns(
+        flops_paper=pl.when(pl.col("point").str.contains("dvts")).then(4.0).otherwise(pl.col("flops_paper"))),
+        points, strategies)
+    row = t.filter(convention="paper", selection="weighted_majority", comparator="rebase").row(0, named=True)
+    assert row["match"] == "exact" and row["comparator_points"] == "m/rebase_weighted_majority[vh,last]@4"
+    # a comparator on other problems only: not testable, and said so
+    other = candidates.with_columns(problem_id=pl.when(pl.col("point").str.contains("beam"))
+                                    .then(pl.lit("q") + pl.col("problem_id")).otherwise(pl.col("problem_id")))
+    row = search_compare.compare(other, points, strategies).filter(
+        convention="paper", selection="weighted_majority", comparator="beam").row(0, named=True)
+    assert row["match"] == "none" and row["verdict"] == "not testable: no common problems"
 
 
 def test_compare_at_matched_flops():
@@ -64,7 +71,8 @@ def test_compare_at_matched_flops():
     t = search_compare.compare(candidates, points, strategies)
     row = t.filter(convention="paper", selection="weighted_majority", comparator="rebase").row(0, named=True)
     # dvts costs 3: halfway between rebase@2 (2) and rebase@4 (4): the 0.5 / 0.5 mixture
-    assert row["match"] == "mixture" and row["weight_hi"] == pytest.approx(0.5)
+    assert row["match"] == "mixture"
+    assert row["comparator_points"] == "0.50 x m/rebase_weighted_majority[vh,last]@2 + 0.50 x m/rebase_weighted_majority[vh,last]@4"
     assert row["comparator_flops"] == pytest.approx(3.0) and row["flops_ratio"] == pytest.approx(1.0)
     dvts = np.array([1, 1, 1, 1, 0, 0, 1, 0], float)
     mix = 0.5 * np.array([1, 0, 0, 1, 0, 0, 0, 0]) + 0.5 * np.array([1, 1, 0, 1, 0, 1, 0, 0])
@@ -72,6 +80,10 @@ def test_compare_at_matched_flops():
     assert row["diff"] == pytest.approx(expect.diff) and row["ci_low"] == pytest.approx(expect.ci_low)
     assert row["accuracy_subject"] == pytest.approx(dvts.mean()) and row["accuracy_comparator"] == pytest.approx(mix.mean())
     assert row["num_problems"] == 8 and row["verdict"].startswith("no difference detected at 8")
+    # the FLOPs REBASE needs to reach dvts' 0.625: rebase@4 (cost 4) reaches only 0.5, so
+    # more than its costliest point, 4 / 3 (censored), as matched_compute.flops_ratio says
+    assert row["needed_censored"] == "more than" and row["needed_ratio"] == pytest.approx(4 / 3)
+    assert row["needed_ci_low"] <= row["needed_ratio"] <= row["needed_ci_high"]
     # beam@4 costs 5 > 3: no beam run costs 3, so its nearest point, not matched
     beam = t.filter(convention="paper", selection="weighted_majority", comparator="beam").row(0, named=True)
     assert beam["match"] == "nearest" and beam["flops_ratio"] == pytest.approx(5 / 3)
@@ -79,6 +91,8 @@ def test_compare_at_matched_flops():
     # sampling: weighted majority @2 / @4 (0.6, 0.7) mixed 0.5 / 0.5 -> 0.65 per problem
     samp = t.filter(convention="paper", selection="weighted_majority", comparator="sampling").row(0, named=True)
     assert samp["accuracy_comparator"] == pytest.approx(0.65) and samp["match"] == "mixture"
+    # sampling reaches 0.625 between @2 (0.6, cost 2) and @4 (0.7, cost 4): at cost 2.5, 2.5 / 3
+    assert samp["needed_censored"] == "" and samp["needed_ratio"] == pytest.approx(2.5 / 3)
     # majority: the search's majority (PRM in its name) meets sampling's majority (no PRM)
     maj = t.filter(convention="paper", selection="majority", comparator="sampling").row(0, named=True)
     assert maj["accuracy_comparator"] == pytest.approx(0.5 * 0.25 + 0.5 * 0.5)
@@ -115,7 +129,7 @@ def test_summary_section():
     t = search_compare.compare(candidates, points, strategies)
     lines = search_compare.summary_lines(t, "arith", report.markdown_table)
     text = "\n".join(lines)
-    assert "at matched FLOPs" in lines[0] and "0.500 x m/rebase_weighted_majority[vh,last]@2" in text
-    assert "not matched" in text
+    assert "at matched FLOPs" in lines[0] and "0.50 x m/rebase_weighted_majority[vh,last]@2" in text
+    assert "not matched" in text and "> 1.33 [" in text and "| 0.83 [" in text
     assert search_compare.summary_lines(t, "gsm8k", report.markdown_table) == []
     assert search_compare.summary_lines(None, "arith", report.markdown_table) == []
