@@ -88,6 +88,7 @@ def test_compare_at_matched_flops():
     beam = t.filter(convention="paper", selection="weighted_majority", comparator="beam").row(0, named=True)
     assert beam["match"] == "nearest" and beam["flops_ratio"] == pytest.approx(5 / 3)
     assert beam["verdict"] == "not matched (comparator 1.67x the FLOPs)"
+    assert beam["needed_ratio"] is None  # one beam point is no curve
     # sampling: weighted majority @2 / @4 (0.6, 0.7) mixed 0.5 / 0.5 -> 0.65 per problem
     samp = t.filter(convention="paper", selection="weighted_majority", comparator="sampling").row(0, named=True)
     assert samp["accuracy_comparator"] == pytest.approx(0.65) and samp["match"] == "mixture"

@@ -29,6 +29,7 @@ subject's FLOPs (matched_compute.flops_ratio: the comparator's piecewise-linear 
 a paired percentile bootstrap over problems; censored "at most" / "more than" where the
 comparator's cheapest point already reaches it / none does): `needed_ratio` > 1 means
 the subject saves compute, as the claims table reports it for REBASE against sampling.
+NULL where the comparator has one point (no curve: the ratio would only be censored).
 
 Verdict, matched rows: "better" when the 95% interval lies above 0, "worse" below 0,
 otherwise "no difference detected at <n> problems". Nearest rows decide only by
@@ -151,8 +152,9 @@ def compare(candidates: pl.DataFrame, points: pl.DataFrame, strategies: pl.DataF
                     else:
                         how = "nearest"
                         shown, cost, p = _nearest(rows, subj["point"], comp_points, f, column)
+                    # a single comparator point is no curve: the FLOPs it needs would only be censored
                     r = matched_compute.flops_ratio(rows, subj["point"], comp_points, cost=column,
-                                                    resamples=resamples, seed=seed)
+                                                    resamples=resamples, seed=seed) if len(comp_points) > 1 else None
                     ratio = cost / f if f else math.nan
                     out.append({
                         "dataset": dataset, "convention": convention, "model": model, "prm": subj["prm"],
@@ -162,8 +164,9 @@ def compare(candidates: pl.DataFrame, points: pl.DataFrame, strategies: pl.DataF
                         "comparator_flops": cost, "flops_ratio": ratio, "num_problems": p.num_problems,
                         "accuracy_subject": p.accuracy_a, "accuracy_comparator": p.accuracy_b, "diff": p.diff,
                         "diff_se": p.diff_se, "ci_low": p.ci_low, "ci_high": p.ci_high, "p_value": p.p_value,
-                        "verdict": verdict(how, p, ratio), "needed_ratio": r.ratio, "needed_ci_low": r.ci_low,
-                        "needed_ci_high": r.ci_high, "needed_censored": r.censored})
+                        "verdict": verdict(how, p, ratio), "needed_ratio": r.ratio if r else None,
+                        "needed_ci_low": r.ci_low if r else None, "needed_ci_high": r.ci_high if r else None,
+                        "needed_censored": r.censored if r else None})
     return pl.DataFrame(out, schema=SCHEMA).fill_nan(None)
 
 
