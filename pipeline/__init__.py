@@ -24,7 +24,8 @@ The folders are the layers; a module imports only from its own folder or a lower
     engine/         the policy: model sources and parameter counts, the vLLM engine
                     and its settings
     tasks/          problems and how answers are checked: datasets, answer grading,
-                    the arithmetic step checker, the paper's own grader
+                    the arithmetic step checker, the paper's own grader; code tasks
+                    graded by running their tests in a bubblewrap sandbox
     core/           shared utilities: atomic I/O, schemas, FLOPs, timing, progress,
                     prompts, ROC AUC
 

@@ -14,7 +14,9 @@ Tables:
     samples    dataset, model, kind, key, problem_id, sample_idx, num_steps,
                prompt_tokens, output_tokens, finish_reason, cumulative_logprob
                (text stays in the Parquet cache)
-    grades     dataset, model, kind, key, problem_id, sample_idx, answer, answer_class, correct
+    grades     dataset, model, kind, key, problem_id, sample_idx, answer, answer_class, correct;
+               with a code dataset also status (pass | fail | timeout | error) and reason
+               (NULL for math rows; pipeline/tasks/code_grading.py)
     scores     dataset, model, key, prm, problem_id, sample_idx, scores (list of step
                scores), prm_tokens, prm_params
     replay     one row per (dataset, model, prm, aggregation, problem_id, strategy, n):
@@ -250,7 +252,8 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         ),
         "caches": pl.DataFrame(caches),
         "samples": pl.concat(samples),
-        "grades": pl.concat(grades),
+        # code grades carry status and reason beside the math columns
+        "grades": pl.concat(grades, how="diagonal_relaxed"),
         "replay": latency.replay_seconds(_replay_table(replay), timings,
                                          latency.search_problems(manifest.get("search", []))),
         "timings": timings,

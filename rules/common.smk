@@ -34,6 +34,8 @@ CACHES = plan.caches(config)
 SEARCHES = plan.searches(config)
 ROLLOUTS = plan.rollouts(config, CACHES)
 EMBEDDED_MODELS = [m for m, c in config["models"].items() if models.is_embedded(c["path"])]
+# Datasets graded by running code in the sandbox (rule grade_code); "(?!)" matches nothing.
+CODE_DATASETS = "|".join(re.escape(d) for d in plan.code_datasets(config)) or "(?!)"
 PRMS = config.get("prms", {})
 
 
@@ -52,6 +54,20 @@ wildcard_constraints:
 
 def get_cache(wildcards):
     return plan.find(CACHES, dataset=wildcards.dataset, model=wildcards.model, key=wildcards.key)
+
+
+def get_cache_prompt(wildcards):
+    return json.dumps(get_cache(wildcards).prompt)
+
+
+def get_execution_spec(wildcards):
+    return json.dumps(plan.all_datasets(config)[wildcards.dataset].get("execution", {}), sort_keys=True)
+
+
+def get_grade_workers(wildcards, threads):
+    """Sandboxes at once: most of a sandbox's start is kernel waiting, not CPU, so 4 per core."""
+    workers = plan.all_datasets(config)[wildcards.dataset].get("execution", {}).get("workers")
+    return workers or 4 * threads
 
 
 def get_dataset_spec(wildcards):

@@ -57,7 +57,8 @@ PRMS = ("logprob", "value-head")
 TABLES = ("problems", "models", "caches", "samples", "grades", "scores", "replay")  # at least
 # What measured wall-clock times (pipeline/analysis/latency.py) decide: a rerun job takes its own time
 MEASURED = {"replay": "EXCLUDE (seconds, load_s, device)", "adaptive_problems": "EXCLUDE (seconds)"}
-MEASURED_ROWS = {"held_out_problems": "WHERE convention <> 'seconds'"}  # choices made in seconds
+# choices made in measured seconds, and their nested-CV standard errors
+MEASURED_ROWS = {t: "WHERE convention <> 'seconds'" for t in ("held_out_problems", "held_out_se")}
 
 
 # ------------------------------------------------------------------------- helpers
