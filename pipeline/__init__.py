@@ -14,10 +14,11 @@ The folders are the layers; a module imports only from its own folder or a lower
                     shards, searches) and typed --config overrides
     analysis/       everything behind `aggregate` after the replays: statistics, claims,
                     held-out choices, difficulty, knapsack, adaptive policies and
-                    allocation, the point grid, latency, PRM quality, the DuckDB views,
-                    figures, the report
-    treesearch/     the tree-search algorithms (REBASE, beam, MCTS) and what a search
-                    job writes (final answers from its leaves)
+                    allocation, the point grid, latency, PRM quality, the peer
+                    searches at matched FLOPs, the DuckDB views, figures, the report
+    treesearch/     the tree-search algorithms (REBASE, beam with lookahead, MCTS, DVTS,
+                    particle filtering) and what a search job writes (final answers
+                    from its leaves)
     strategies/     exact replays of voting (majority, coverage, greedy) and PRM
                     selection (best-of-N, weighted voting) over a sample cache; the
                     paper's evaluation script replayed on it (analysis.compat)

@@ -50,7 +50,7 @@ Tables:
                `replay` as strategy "<search>_<rule>" with n = the budget.
     strategies strategy, family ("sampling-based voting" | "PRM-based selection" |
                "tree search" | "difficulty-adaptive": the stage its rows come from),
-               algorithm (rebase / beam / mcts for tree search, else NULL), selection
+               algorithm (rebase / beam / mcts / dvts / particles for tree search, else NULL), selection
                (the rule that picks the final answer: greedy, majority, coverage,
                best_of_n, weighted_majority; NULL for the adaptive policies)
     analysis   one row, the headline protocol (config `analysis`): aggregations (the step
@@ -151,8 +151,8 @@ from pipeline.analysis.views import (  # noqa: F401  (the names this module has 
 )
 from pipeline.core import integrity
 from pipeline.strategies import reference
+from pipeline.treesearch import algorithms
 from pipeline.treesearch import results as search_results
-from pipeline.treesearch import tree
 
 STORAGE_VERSION = "v1.1.0"
 # The headline protocol when the config has no `analysis` section (the schema's defaults).
@@ -302,7 +302,7 @@ def infer_strategies(replay: pl.DataFrame) -> pl.DataFrame:
             rows.append((strategy, PRM_FAMILY, None, strategy))
         elif with_prm:
             name, _, rule = strategy.partition("_")
-            rows.append((strategy, SEARCH_FAMILY, name if name in tree.ALGORITHMS else None, rule or None))
+            rows.append((strategy, SEARCH_FAMILY, name if name in algorithms.ALGORITHMS else None, rule or None))
         else:
             rows.append((strategy, "other", None, None))
     return pl.DataFrame(rows, schema=STRATEGY_SCHEMA, orient="row").sort("strategy")
@@ -506,6 +506,7 @@ READ = {
     "models": "SELECT * FROM models",
     "analysis": "SELECT * FROM analysis",
     "adaptive": "SELECT * FROM adaptive ORDER BY dataset, model, source DESC, convention, budget",
+    "strategies": "SELECT * FROM strategies",
     # per-problem rows of the headline non-oracle points (the bootstrap resamples them)
     "candidates": """SELECT r.dataset, r.point, r.model, r.problem_id, r.accuracy, r.accuracy_se,
                             r.flops_paper, r.flops_full
@@ -549,7 +550,7 @@ def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, table
                   plot_size: str | None = None, plot_adaptive: str | None = None,
                   plot_seconds: str | None = None) -> None:
     """Figures, HTML tables and the Markdown summary, all from the database."""
-    from pipeline.analysis import figures, report
+    from pipeline.analysis import figures, report, search_compare
 
     data = read_views(db)
     figures.accuracy_vs_flops(data["points"], data["pareto"], data["held_out"], plot)
@@ -563,6 +564,7 @@ def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, table
         fits = size_fits(data)
         figures.compute_optimal_size(data["compute_optimal"], data["models"], plot_size, fits=fits)
     report.write_tables(data, tables)
+    data["search_compare"] = search_compare.compare(data["candidates"], data["points"], data["strategies"])
     report.write_summary(data, summary, fits=fits)
     with pl.Config(tbl_rows=200, tbl_cols=24, tbl_width_chars=250):
         print(data["points"].filter(pl.col("headline")))

@@ -40,6 +40,8 @@ TINY["search"] = {
     "rebase": {"algorithm": "rebase", "budgets": [2, 4], "prms": ["value-head"]},
     "beam": {"algorithm": "beam", "budgets": [4], "children": 2, "prms": ["value-head"]},
     "mcts": {"algorithm": "mcts", "budgets": [4], "prms": ["value-head"]},
+    # one subtree of two children, ranked by a one-step greedy rollout (real temperature-0 requests)
+    "dvts": {"algorithm": "dvts", "budgets": [2], "children": 2, "lookahead": 1, "prms": ["value-head"]},
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pipeline import generate
 from pipeline.engine import models
 from pipeline.tasks import code, datasets
-from pipeline.treesearch import tree
+from pipeline.treesearch import algorithms, tree
 
 SHARD_DEFAULTS = {"problems": 64, "samples": 8}
 
@@ -233,7 +233,9 @@ def rollouts(config: dict, planned: list[Cache]) -> list[Rollouts]:
 
 # --------------------------------------------------------------------------- tree search
 
-SEARCH_SETTINGS = {"rebase": ("temperature",), "beam": ("children",), "mcts": ("exploration", "root_children")}
+# Each algorithm's settings (keys of its search entry that enter the search key); those
+# of algorithms.OPTIONAL only when they differ from their default (plan.searches).
+SEARCH_SETTINGS = algorithms.SETTINGS
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,22 @@ def searches(config: dict) -> list[Search]:
         unknown = [p for p in chosen if p not in prms]
         if unknown:
             raise ValueError(f"search.{name}.prms: {unknown} not among the keys of prms {sorted(prms)}")
-        settings = {k: entry[k] for k in SEARCH_SETTINGS[entry["algorithm"]] if k in entry}
+        algorithm = entry["algorithm"]
+        # Settings added after searches were paid for (lookahead) enter the key and the
+        # job spec only when they differ from their default, so that entries which leave
+        # them alone keep the keys and specs they had.
+        settings = {k: entry[k] for k in SEARCH_SETTINGS[algorithm]
+                    if k in entry and not (k in algorithms.OPTIONAL and entry[k] == algorithms.OPTIONAL[k])}
+        for k, default in algorithms.OPTIONAL.items():
+            if entry.get(k, default) != default and k not in SEARCH_SETTINGS[algorithm]:
+                users = sorted(a for a, keys in SEARCH_SETTINGS.items() if k in keys)
+                raise ValueError(f"search.{name}.{k}: only {' and '.join(users)} use it, not {algorithm}")
+        if algorithm == "dvts":
+            children = entry.get("children", 4)
+            bad = [b for b in entry["budgets"] if b % children or b < children]
+            if bad:
+                raise ValueError(f"search.{name}.budgets: dvts splits a budget into budget / children subtrees, so "
+                                 f"every budget must be a multiple of children ({children}); {bad} are not")
         limits = {
             "max_depth": entry.get("max_depth", 12),
             "max_step_tokens": entry.get("max_step_tokens", 64),
@@ -311,7 +328,7 @@ def searches(config: dict) -> list[Search]:
                         "prompt": prompt, "sampling": sampling, "dataset": ident,
                         "engine_args": engine_args,
                         "prm": {k: v for k, v in prms[prm].items() if k != "batch_size"},
-                        "algorithm": entry["algorithm"], "settings": settings, "limits": limits,
+                        "algorithm": algorithm, "settings": settings, "limits": limits,
                     }
                     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
                     job = {**what, "key": key, "prm": {**prms[prm], "name": prm}}
