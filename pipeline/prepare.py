@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.core import io, schemas
+from pipeline.core import integrity, io, schemas
 from pipeline.engine import models
 from pipeline.tasks import datasets
 
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-dir")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if a.model_dir:  # a dequantised embedded model: checked against its SHA256SUMS
+        integrity.check_inputs([a.model_dir])
     spec = json.loads(a.spec)
     if a.what == "problems":
         write_problems(a.name, spec, a.out)

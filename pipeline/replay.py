@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
-    from pipeline.core import io
+    from pipeline.core import integrity, io
 
     ap = argparse.ArgumentParser(description="replay strategies over one sample cache")
     ap.add_argument("--grades", required=True)
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--info", required=True, help="model info JSON (parameter count)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    integrity.check_inputs([a.grades, *a.shards, *filter(None, [a.greedy_grades]), *a.greedy_shards, *a.scores])
     params = json.loads(open(a.info).read())["params_total"]
     grades = pl.read_parquet(a.grades)
     tokens = [_tokens(a.shards, "sampled")]

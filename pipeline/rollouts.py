@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from pipeline.core import io, prompts, timing
+from pipeline.core import integrity, io, prompts, timing
 from pipeline.engine import vllm_engine
 from pipeline.tasks.answers import equivalent, extract_answer, normalize
 from pipeline.treesearch.tree import cut_at_stop
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from pipeline.engine import models
 
+    integrity.check_inputs([a.problems, *a.shards])
     run_rollouts(spec=json.loads(a.spec), model_dir=models.model_dir_of(a.info), problems=a.problems,
                  shards=a.shards, out=a.out)
 

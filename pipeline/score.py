@@ -42,7 +42,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core import io, timing
+from pipeline.core import integrity, io, timing
 from pipeline.engine import models
 from pipeline.prm import labels, precision
 from pipeline.prm.loading import LOAD_OPTIONS, open_prm
@@ -184,11 +184,12 @@ def train(*, spec: dict, policy_dir: str, problems: str, shards: list[str], grad
         samples=data.height,
         prm_tokens=head.training.get("tokens", 0) + sum(heldout_tokens),
     )
-    # Saved under a temporary name and renamed: a killed job never leaves a head that
-    # looks trained.
+    # Saved under a temporary name with its checksums and renamed: a killed job never
+    # leaves a head that looks trained.
     tmp = Path(out + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     head.save(tmp)
+    integrity.seal_dir(tmp)  # SHA256SUMS: checked before every use (pipeline.core.integrity)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     print(json.dumps(head.training, indent=2))
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("shards", nargs="+")
     a = ap.parse_args(argv)
+    integrity.check_inputs([a.problems, *a.shards, *filter(None, [a.head, a.grades, a.rollouts])])
     spec = json.loads(a.spec)
     policy_dir = models.model_dir_of(a.info)
     if a.what == "train":

@@ -1,7 +1,10 @@
 """The search stage: one job per (search, budget, block of problems) runs a tree search
-guided by a PRM (REBASE, PRM beam search or MCTS: the algorithms, steps and completion
-rules are pipeline/treesearch/tree.py's, described in its docstring) on a vLLM engine
-(`VLLMGenerator`), chooses final answers from the complete leaves and writes them.
+guided by a PRM (REBASE, PRM beam search with or without lookahead, MCTS, DVTS or
+particle filtering: pipeline/treesearch/algorithms.py names them; the steps and
+completion rules are pipeline/treesearch/tree.py's, described in its docstring) on a
+vLLM engine (`VLLMGenerator`), chooses final answers from the complete leaves and writes
+them. What an algorithm draws itself (the particles' resampling) is seeded by the job's
+engine seed, so a job reruns as it ran up to the engine's own randomness.
 
 Final answers, the output schemas (SEARCH, LEAVES) and the `replay` rows of a search
 are pipeline/treesearch/results.py's.
@@ -25,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.core import io, prompts, timing
+from pipeline.core import integrity, io, prompts, timing
 from pipeline.engine.vllm_engine import (
     engine_args,
     engine_seed,
@@ -36,8 +39,9 @@ from pipeline.engine.vllm_engine import (
 from pipeline.prm import memory as prm_memory
 from pipeline.prm import precision
 from pipeline.prm.loading import open_prm
+from pipeline.treesearch.algorithms import run
 from pipeline.treesearch.results import leaves_table, results
-from pipeline.treesearch.tree import Limits, Searcher, Step, run
+from pipeline.treesearch.tree import Limits, Searcher, Step
 
 # --------------------------------------------------------------------------- selection
 
@@ -48,19 +52,21 @@ from pipeline.treesearch.tree import Limits, Searcher, Step, run
 class VLLMGenerator:
     """`Generator` on a vLLM engine: one `LLM.generate` call per round, n samples per
     node, stopping at the first newline (or the prompt's other stop strings), or, when
-    the Searcher passes `stops`, at each request's own stop strings."""
+    the Searcher passes `stops`, at each request's own stop strings; `greedy` requests
+    (lookahead rollouts) decode at temperature 0."""
 
     def __init__(self, llm: Any, *, temperature: float, top_p: float, stop: Sequence[str] = ()):
         self.llm, self.temperature, self.top_p = llm, temperature, top_p
         self.stop = ["\n", *[s for s in stop if s and "\n" not in s]]
 
     def expand(self, contexts: list[str], counts: list[int], max_tokens: list[int],
-               stops: list[list[str]] | None = None) -> list[list[Step]]:
+               stops: list[list[str]] | None = None, *, greedy: bool = False) -> list[list[Step]]:
         from vllm import SamplingParams
 
         per = [self.stop] * len(contexts) if stops is None else stops
+        temperature = 0.0 if greedy else self.temperature
         params = [
-            SamplingParams(n=k, temperature=self.temperature, top_p=self.top_p, max_tokens=m, stop=list(st))
+            SamplingParams(n=k, temperature=temperature, top_p=self.top_p, max_tokens=m, stop=list(st))
             for k, m, st in zip(counts, max_tokens, per, strict=True)
         ]
         outputs = self.llm.generate(contexts, params)
@@ -148,13 +154,14 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
     if place.prm_device is not None:
         prm_spec["options"].setdefault("device", place.prm_device)
     watch = timing.Stopwatch()
+    seed = engine_seed(spec["key"], f"{budget}/{block}")
     with watch.phase("load"):
         prm = open_prm(prm_spec, policy_dir=model_dir, head_dir=head_dir)
         reserve = 0
         if place.policy_gpus is not None and place.shared:  # on CUDA, the PRM beside the policy on GPU 0
             reserve = place.reserve if place.reserve is not None else prm_memory.working_set(prm, place.longest)
-        llm = make_engine(model_dir, seed=engine_seed(spec["key"], f"{budget}/{block}"),
-                          engine_args=engine_args(spec.get("engine_args")), gpus=place.policy_gpus, reserve=reserve)
+        llm = make_engine(model_dir, seed=seed, engine_args=engine_args(spec.get("engine_args")),
+                          gpus=place.policy_gpus, reserve=reserve)
     prompt = spec["prompt"]
     tokenizer = llm.get_tokenizer() if prompt.get("format") == "chat" else None
     questions = problems["question"].to_list()
@@ -166,7 +173,7 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
         batch_size=batch_size,
     )
     with watch.phase("work"):
-        trees = run(spec["algorithm"], searcher, budget, spec["settings"])
+        trees = run(spec["algorithm"], searcher, budget, spec["settings"], seed=seed)
         leaves = leaves_table(trees, problems)
         res = results(trees, leaves, problems, algorithm=spec["algorithm"], budget=budget, params=params,
                       prm_params=prm.num_parameters)
@@ -180,13 +187,16 @@ def search_block(*, spec: dict, model_dir: str, params: int, problems: pl.DataFr
     )
     io.write_parquet(leaves, leaves_out)
     io.write_parquet(res, out, metadata=timing.as_metadata(measured))
+    rollout = sum(t.rollout_tokens for t in trees)
+    if rollout:
+        print(f"lookahead rollouts: {rollout} of {sum(t.output_tokens for t in trees)} policy tokens")
     with pl.Config(tbl_rows=20):
         print(res.group_by("selection", "aggregation").agg(pl.col("accuracy").mean(), pl.col("output_tokens").mean())
               .sort("selection", "aggregation"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="tree search (REBASE / beam / MCTS) for one problem block")
+    ap = argparse.ArgumentParser(description="tree search (REBASE / beam / MCTS / DVTS / particles) for one problem block")
     ap.add_argument("--spec", required=True, help="JSON from pipeline.workflow.plan.Search.spec()")
     ap.add_argument("--info", required=True, help="policy model info.json")
     ap.add_argument("--problems", required=True)
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from pipeline.engine import models
 
+    integrity.check_inputs([a.problems, *filter(None, [a.head])])
     info = json.loads(Path(a.info).read_text())
     start, stop = (int(x) for x in a.block[1:].split("-"))
     problems = pl.read_parquet(a.problems).slice(start, stop - start)

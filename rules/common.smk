@@ -34,6 +34,8 @@ CACHES = plan.caches(config)
 SEARCHES = plan.searches(config)
 ROLLOUTS = plan.rollouts(config, CACHES)
 EMBEDDED_MODELS = [m for m, c in config["models"].items() if models.is_embedded(c["path"])]
+# Datasets graded by running code in the sandbox (rule grade_code); "(?!)" matches nothing.
+CODE_DATASETS = "|".join(re.escape(d) for d in plan.code_datasets(config)) or "(?!)"
 PRMS = config.get("prms", {})
 # The GPU memory plan (pipeline/workflow/gpu_plan.py): every GPU job's models against the
 # GPUs it will have (the rule's gpu / gpu_model / gpu_mem_mib resources, e.g. the SLURM
@@ -65,6 +67,20 @@ wildcard_constraints:
 
 def get_cache(wildcards):
     return plan.find(CACHES, dataset=wildcards.dataset, model=wildcards.model, key=wildcards.key)
+
+
+def get_cache_prompt(wildcards):
+    return json.dumps(get_cache(wildcards).prompt)
+
+
+def get_execution_spec(wildcards):
+    return json.dumps(plan.all_datasets(config)[wildcards.dataset].get("execution", {}), sort_keys=True)
+
+
+def get_grade_workers(wildcards, threads):
+    """Sandboxes at once: most of a sandbox's start is kernel waiting, not CPU, so 4 per core."""
+    workers = plan.all_datasets(config)[wildcards.dataset].get("execution", {}).get("workers")
+    return workers or 4 * threads
 
 
 def get_dataset_spec(wildcards):
@@ -255,16 +271,20 @@ def get_prm_batch_size(wildcards):
 
 
 def get_training_inputs(wildcards):
+    # ancient: the training cache's key and the PRM spec (params) pin what the head is
+    # fitted on; a re-made identical input (a regenerated damaged shard, re-prepared
+    # problems) must not refit the head, which would rescore every paid-for score shard.
+    # A missing head, or a changed spec or training cache, still (re)fits it.
     cache = plan.find(CACHES, dataset=f"{wildcards.trained}-train", model=wildcards.model, kind="train")
     inputs = {
-        "problems": f"results/problems/{cache.dataset}.parquet",
-        "grades": f"results/grades/{cache.dataset}/{cache.model}/{cache.key}.parquet",
-        "shards": shard_paths(cache),
-        "info": f"results/models/{wildcards.model}/info.json",
+        "problems": ancient(f"results/problems/{cache.dataset}.parquet"),
+        "grades": ancient(f"results/grades/{cache.dataset}/{cache.model}/{cache.key}.parquet"),
+        "shards": ancient(shard_paths(cache)),
+        "info": ancient(f"results/models/{wildcards.model}/info.json"),
     }
     found = [r for r in ROLLOUTS if r.prm == wildcards.trained and r.model == wildcards.model]
     if found:
-        inputs["rollouts"] = found[0].path
+        inputs["rollouts"] = ancient(found[0].path)
     return inputs
 
 

@@ -37,6 +37,10 @@ pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" scripts/locks.py sync "$lock"
 # pyproject.toml and the locks agree (else: scripts/lock.sh).
 "$VENV/bin/python" scripts/locks.py check
+# Code grading runs model-written programs only inside bubblewrap (a Debian package):
+# installed here when missing (as root, or with password-less sudo); without it the
+# math workflow runs, and a code dataset's grade job stops with how to install it.
+bash scripts/install_sandbox.sh || echo "warning: code grading needs bubblewrap (see above)" >&2
 "$VENV/bin/python" - <<'PY'
 import importlib.util
 from transformers import LlamaForCausalLM  # fails if a broken torchvision is present

@@ -40,6 +40,8 @@ TINY["search"] = {
     "rebase": {"algorithm": "rebase", "budgets": [2, 4], "prms": ["value-head"]},
     "beam": {"algorithm": "beam", "budgets": [4], "children": 2, "prms": ["value-head"]},
     "mcts": {"algorithm": "mcts", "budgets": [4], "prms": ["value-head"]},
+    # one subtree of two children, ranked by a one-step greedy rollout (real temperature-0 requests)
+    "dvts": {"algorithm": "dvts", "budgets": [2], "children": 2, "lookahead": 1, "prms": ["value-head"]},
 }
 
 
@@ -104,6 +106,18 @@ def baseline(tmp_path_factory) -> Path:
         copy_run(Path(os.environ["TEST_BASELINE"]), workdir)
     snakemake(workdir, TINY)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def bwrap() -> str:
+    """bubblewrap, the code-grading sandbox: installed when missing (as root or with
+    password-less sudo); where that is impossible, the tests that need it fail, saying
+    so, since code grading never runs without it."""
+    if shutil.which("bwrap") is None:
+        got = subprocess.run(["bash", str(REPO / "scripts" / "install_sandbox.sh")], capture_output=True, text=True)
+        if got.returncode != 0 or shutil.which("bwrap") is None:
+            pytest.fail(f"bubblewrap is needed for code grading and cannot be installed here: {got.stderr.strip()}")
+    return shutil.which("bwrap")
 
 
 def copy_run(src: Path, dest: Path) -> Path:

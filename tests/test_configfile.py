@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import REPO, planned_jobs, snakemake_env
 
-SHIPPED = ["config.yaml", "gsm8k.yaml", "paper-math500.yaml"]
+SHIPPED = ["config.yaml", "gsm8k.yaml", "paper-math500.yaml", "humaneval.yaml"]
 
 
 def plan(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,8 @@ from toy_tokenizer import word_tokenizer
 
 from pipeline import prm as prm_pkg
 from pipeline.core.prompts import step_ends
-from pipeline.treesearch.tree import Limits, Searcher, Step, rebase, run
+from pipeline.treesearch.algorithms import run
+from pipeline.treesearch.tree import Limits, Searcher, Step, rebase
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -165,7 +166,7 @@ class Steps:
     def __init__(self):
         self.calls = 0
 
-    def expand(self, contexts, counts, max_tokens):
+    def expand(self, contexts, counts, max_tokens, *, greedy=False):
         self.calls += 1
         out = []
         for ctx, k in zip(contexts, counts):
@@ -179,13 +180,16 @@ class Steps:
         return out
 
 
-@pytest.mark.parametrize("algorithm", ["rebase", "beam", "mcts"])
-def test_search_scores_equal_scoring_whole_paths(prms, algorithm):
+@pytest.mark.parametrize("algorithm,settings", [
+    ("rebase", {}), ("beam", {}), ("mcts", {}), ("dvts", {"children": 2}), ("particles", {}),
+    ("beam", {"children": 2, "lookahead": 1}),  # leaves are complete children: scored on their own path
+])
+def test_search_scores_equal_scoring_whole_paths(prms, algorithm, settings):
     prm = prms["value-head"]
     s = Searcher(Steps(), prm, [Q, "y = 3"], ["Q0:", "Q1:"], stop=(), batch_size=4,
                  limits=Limits(max_depth=5, max_step_tokens=8, max_tokens=100))
     assert isinstance(s.scorer, prm_pkg.base.Session)
-    trees = run(algorithm, s, 4, {})
+    trees = run(algorithm, s, 4, settings)
     leaves = [leaf for t in trees for leaf in t.leaves]
     texts = [leaf.text for leaf in leaves]
     plain, tokens = prm.score([trees[leaf.problem].question for leaf in leaves], texts,

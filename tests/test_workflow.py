@@ -85,7 +85,7 @@ def check_latency(con):
     """Every model stage measured itself, and every runnable point has its seconds."""
     timings = pl.from_arrow(con.sql("SELECT * FROM timings").to_arrow_table())
     assert set(timings["stage"]) == {"generate", "score", "train_value_head", "search"}
-    assert timings.height == 3 + 2 + 1 + 4  # shards (sampled, greedy, train), 2 PRMs x 1, 1 head, 4 searches
+    assert timings.height == 3 + 2 + 1 + 5  # shards (sampled, greedy, train), 2 PRMs x 1, 1 head, 5 searches
     measured = timings.select("load_s", "work_s", "device", "engine")
     assert measured.null_count().sum_horizontal()[0] == 0, timings
     assert (timings["load_s"] > 0).all() and (timings["work_s"] > 0).all()
@@ -181,12 +181,12 @@ def test_tree_search_results(run):
         search = pl.from_arrow(con.sql("SELECT * FROM search").to_arrow_table())
         curve = pl.from_arrow(con.sql(
             "SELECT * FROM accuracy_vs_flops WHERE strategy LIKE 'rebase%' OR strategy LIKE 'beam%' "
-            "OR strategy LIKE 'mcts%'").to_arrow_table())
+            "OR strategy LIKE 'mcts%' OR strategy LIKE 'dvts%'").to_arrow_table())
         params = con.execute("SELECT params_total FROM models").fetchall()[0][0]
     # every (search, budget) job: 6 problems x (majority + 2 rules x 4 aggregations)
     jobs = sorted(set(zip(search["search"], search["budget"])))
-    assert jobs == [("beam", 4), ("mcts", 4), ("rebase", 2), ("rebase", 4)]
-    assert search.group_by("search", "budget").len()["len"].to_list() == [6 * 9] * 4
+    assert jobs == [("beam", 4), ("dvts", 2), ("mcts", 4), ("rebase", 2), ("rebase", 4)]
+    assert search.group_by("search", "budget").len()["len"].to_list() == [6 * 9] * 5
     assert ((search["accuracy"] >= 0) & (search["accuracy"] <= 1)).all()
     assert (search["flops_paper"] == 2 * params * search["output_tokens"]).all()
     assert (search["flops_full"] > search["flops_paper"]).all() and (search["prm_tokens"] > 0).all()
@@ -199,6 +199,16 @@ def test_tree_search_results(run):
         assert (df["tokens"] <= TINY["sampling"]["max_tokens"]).all()
         assert set(df["end"]) <= {"answer", "eos", "stop", "max_depth", "max_tokens"}
         assert (df["scores"].list.len() == df["depth"]).all()
+    # DVTS: one subtree whose last round's two children are the solutions; the job
+    # rolled children out greedily (real temperature-0 requests) and counted the tokens
+    [leaves] = list((root / "dvts").glob("*/2/*.leaves.parquet"))
+    df = pl.read_parquet(leaves)
+    assert df.group_by("problem_id").len()["len"].to_list() == [2] * 6
+    assert set(df["end"]) <= {"answer", "eos", "stop", "max_depth", "max_tokens", "unfinished"}
+    assert (df["scores"].list.len() == df["depth"]).all()
+    assert "lookahead rollouts:" in next((run / "logs" / "search").rglob("dvts/*/2/*.log")).read_text()
+    summary = (run / "results" / "summary.md").read_text()
+    assert "### DVTS and particle filtering against beam search, REBASE and sampling at matched FLOPs" in summary
     # the PRM scored each round's children in a session (prefix reuse), timed in the record;
     # the score jobs logged and recorded the path their default took
     from pipeline.core import timing
@@ -212,7 +222,7 @@ def test_tree_search_results(run):
     logs = list((run / "logs" / "score").glob("**/*.log"))
     assert logs and all("PRM path: " in f.read_text() for f in logs)
     # the points sit in the accuracy-vs-FLOPs view beside the sampling strategies
-    assert set(curve["strategy"]) == {f"{a}_{s}" for a in ("rebase", "beam", "mcts")
+    assert set(curve["strategy"]) == {f"{a}_{s}" for a in ("rebase", "beam", "mcts", "dvts")
                                       for s in ("majority", "best_of_n", "weighted_majority")}
     assert sorted(set(curve.filter(pl.col("strategy").str.starts_with("rebase"))["n"])) == [2, 4]
     assert (curve["num_problems"] == 6).all()

@@ -9,7 +9,10 @@
                                and the compute-optimal choice per budget (in-sample and
                                held-out, paper FLOPs convention; held-out intervals by
                                nested cross-validation, accuracy intervals inside [0, 1]),
-                               with two or more model sizes the model-size section
+                               DVTS and particle filtering against beam search, REBASE and
+                               sampling at matched FLOPs (pipeline.analysis.search_compare,
+                               from the `search_compare` frame when present), with two or
+                               more model sizes the model-size section
                                (`model_size_markdown`: families, what the pair can and
                                cannot show, the table `model_size`, the size fit), measured latency
                                (`latency_section`: seconds per problem beside FLOPs at the
@@ -37,7 +40,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.analysis import prm_quality, stats
+from pipeline.analysis import prm_quality, search_compare, stats
 from pipeline.analysis.views import COST_CONVENTIONS
 from pipeline.core import io
 
@@ -342,6 +345,7 @@ def summary_markdown(views: dict[str, pl.DataFrame], fits: dict | None = None,
                 "The in-sample choice and its accuracy beside the held-out accuracy of the choice made "
                 "on the other folds (folds agreeing: how many folds chose the same point).", "",
                 markdown_table(o), ""]
+        out += search_compare.summary_lines(views.get("search_compare"), dataset, markdown_table)
         out += latency_section(points.filter(pl.col("dataset") == dataset),
                                front.filter(pl.col("dataset") == dataset))
         fit = (fits or {}).get(dataset)

@@ -7,10 +7,15 @@ kills the writer (SIGKILL, a full disk, a lost node), and a failed write leaves 
 the destination nor the temporary file behind (unless the process itself is killed:
 then the `.tmp` file stays, is never read by anything, and the next write of the same
 destination removes it, see `sole_writer`).
+
+Every Parquet file is sealed with its checksum record in the same temporary file, before
+the fsync and the rename (`pipeline.core.integrity`), with the checked inputs of the
+job that wrote it (`integrity.verified_inputs`) beside it in the footer.
 """
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -20,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from pipeline.core import integrity
 
 
 def _remove_stale(path: Path) -> None:
@@ -79,37 +86,52 @@ def _atomic(path: Path, write, *, sole_writer: bool = True) -> None:
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
-    """Write `df` as zstd Parquet to a temporary name in the same folder, then rename.
+    """Write `df` as zstd Parquet to a temporary name in the same folder, seal it with its
+    checksum record (`integrity.seal_parquet`), then rename.
 
     `metadata`: string key-value pairs stored in the file's footer (Parquet key-value
     metadata, read back by `read_parquet_metadata`); they travel with the file when a
-    results folder is copied. Readers of the data (polars, DuckDB) ignore them.
+    results folder is copied. Readers of the data (polars, DuckDB) ignore them. The
+    footer also holds the checksum record and, when the writing process checked its
+    inputs (`integrity.check_inputs`), their digests (`integrity.INPUTS`).
     """
-    if not metadata:
-        _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd"))
-    elif _POLARS_WRITES_METADATA:
-        _atomic(Path(path), lambda tmp: df.write_parquet(tmp, compression="zstd", metadata=dict(metadata)))
-    else:  # polars before its `metadata` argument: the same file through pyarrow
-        def write(tmp: Path) -> None:
-            import pyarrow.parquet as pq
+    metadata = dict(metadata or {})
+    inputs = integrity.verified_inputs()
+    if inputs:
+        metadata[integrity.INPUTS] = json.dumps(inputs, sort_keys=True)
+    metadata[integrity.RECORD] = integrity.PLACEHOLDER  # the digest is written over it
 
-            table = df.to_arrow()
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-            pq.write_table(table, tmp, compression="zstd")
+    def write(tmp: Path) -> None:
+        try:
+            if _POLARS_WRITES_METADATA:
+                df.write_parquet(tmp, compression="zstd", metadata=metadata)
+            else:  # polars before its `metadata` argument: the same file through pyarrow
+                import pyarrow.parquet as pq
 
-        _atomic(Path(path), write)
+                table = df.to_arrow()
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+                pq.write_table(table, tmp, compression="zstd")
+        except Exception as e:  # polars reports a full disk as a ComputeError ("os error 28")
+            if isinstance(e, OSError) or "os error 28" not in str(e):
+                raise
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {path}") from e
+        integrity.seal_parquet(tmp)
+
+    _atomic(Path(path), write)
 
 
 _POLARS_WRITES_METADATA = "metadata" in inspect.signature(pl.DataFrame.write_parquet).parameters
 
 
-def read_parquet_metadata(path: str | Path) -> dict[str, str]:
+def read_parquet_metadata(path: str | Path, *, integrity_keys: bool = False) -> dict[str, str]:
     """The key-value metadata of a Parquet file's footer (empty when it has none);
-    Arrow's own schema entry is left out."""
+    Arrow's own schema entry is left out, and so are the checksum record and the input
+    digests (`integrity.RECORD`, `integrity.INPUTS`) unless `integrity_keys`."""
     import pyarrow.parquet as pq
 
     raw = pq.read_metadata(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in raw.items() if k != b"ARROW:schema"}
+    hidden = {b"ARROW:schema"} | (set() if integrity_keys else {integrity.RECORD.encode(), integrity.INPUTS.encode()})
+    return {k.decode(): v.decode() for k, v in raw.items() if k not in hidden}
 
 
 def write_json(obj: Any, path: str | Path, *, sole_writer: bool = True) -> None:

@@ -23,6 +23,9 @@ grades    (results/grades/{dataset}/{model}/{key}.parquet, one row per sample)
     answer        str | null   normalised extracted answer; null = no answer
     answer_class  int32        equivalence class within the problem; -1 = no answer
     correct       bool
+    Code datasets (pipeline/tasks/code_grading.py, CODE_GRADES) add status ("pass" |
+    "fail" | "timeout" | "error") and reason; their answer is the program's behaviour
+    on the tests' inputs. Everything downstream reads only the columns above.
 
 replay    (results/replay/{dataset}/{model}.parquet, one row per problem x strategy x n)
     problem_id      str

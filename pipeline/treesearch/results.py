@@ -8,19 +8,21 @@ expectation*: `accuracy` is the chance the rule picks a correct answer.
 Outputs of one job (results/search/{dataset}/{model}/{prm}/{search}/{key}/{budget}/{block}.parquet):
 SEARCH, one row per problem x selection x aggregation:
     problem_id     str
-    algorithm      str      rebase | beam | mcts
+    algorithm      str      rebase | beam | mcts | dvts | particles
     budget         int32
     selection      str      majority | best_of_n | weighted_majority
     aggregation    str      min | last | prod | mean; null for majority
     answer         str      the chosen answer (the first of tied ones); null = none
     accuracy       float64  probability the chosen answer is correct (ties split)
     completed      int32    complete leaves the rule chose from
-    output_tokens  int64    policy tokens generated, pruned branches included
+    output_tokens  int64    policy tokens generated, pruned branches and lookahead
+                            rollouts included
     prompt_tokens  int64    context tokens of every generated step (prefix caching
                             gives most of them for free; the full FLOPs convention
                             charges them, as it charges each sample its prompt)
-    prm_tokens     int64    tokens the PRM read (each new node's whole path; identical
-                            sibling texts are read once). Charged in full although the
+    prm_tokens     int64    tokens the PRM read (each new node's whole path, or with
+                            lookahead each rollout end's; identical sibling texts are
+                            read once). Charged in full although the
                             PRM computes only the new step on its parent's cached path
                             (no credit for prefix sharing, as for prompt tokens)
     depth          int32    deepest node reached (steps)
@@ -31,7 +33,9 @@ The results file carries the job's timing record (`pipeline.core.timing`: engine
 load seconds, search seconds with the PRM calls, tokens, device) as Parquet metadata.
 LEAVES ({block}.leaves.parquet), one row per complete leaf, for inspection:
     problem_id, leaf (int32), text, scores (list[float64]), depth (int32), tokens (int32),
-    end (why it is complete), answer, answer_class, correct
+    end (why it is complete: answer, eos, stop, max_depth, max_tokens, or unfinished for
+    a DVTS subtree's last-round sibling), answer, answer_class, correct. A particle
+    drawn m times into the final population is m rows (m votes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Tree search guided by a PRM: REBASE, MCTS and PRM beam search, batched across problems.
+"""Tree search guided by a PRM: the shared machinery (`Searcher`) and REBASE, MCTS and PRM
+beam search (with lookahead), batched across problems. DVTS and particle filtering are
+pipeline/treesearch/dvts.py and particles.py on the same Searcher; the algorithms by
+name are pipeline/treesearch/algorithms.py's.
 
 A *step* is one generation of at most `max_step_tokens` tokens; a *node* is a partial
 solution (the steps so far) with the PRM's score of every step. Every round of every
@@ -41,19 +44,29 @@ Algorithms (`budget` is the config's `search.<name>.budgets` entry):
     beam    PRM beam search: the root gets `budget` children; each round keeps the top
             budget / M incomplete nodes by score and gives each M children; complete
             children are set aside; ends when no node is live or `budget` are complete.
+            With `lookahead` k (lookahead search, Snell et al. 2024) nodes are ranked by
+            the PRM's score at the end of a greedy rollout of up to k more steps.
     mcts    UCT (Q + C sqrt(ln N_parent / N_child)) over steps for `budget` expansions
             per problem: the root gets `root_children`, other selected leaves 2; a new
             node's value is its PRM score, backed up to its ancestors as a running
             average; complete nodes and exhausted subtrees are never selected again.
-Scores used to rank and allocate are each node's last-step score.
+Scores used to rank and allocate are each node's last-step score (`Node.rank`: the
+lookahead score where there is one).
 
-Contract: `run(algorithm, Searcher(generator, prm, questions, prompts_, stop=...,
-limits=...), budget, settings)` returns one `Tree` per problem, in order: its complete
-leaves (each `Node` with its steps, the PRM score of every step and why it ended) and the
-compute it spent (policy output and context tokens, PRM tokens, depth). The generator is
-any `Generator`; the PRM one of `pipeline.prm` (its `score`, and `session` when it has
-one). Choosing final answers, the outputs and the vLLM engine are the search stage's
-(pipeline/search.py); this module never imports it.
+Lookahead (`Searcher.expand(..., lookahead=k)`): every live child is rolled out greedily
+(temperature 0) up to k more steps, all rollouts of a round sharing each of the k
+generate calls, stopping where the solution ends by the rules above; the round's one PRM
+call reads the rollouts' ends. The rollout steps are not nodes of the tree: they count
+in the compute (output, context and PRM tokens; `Tree.rollout_tokens`) and nowhere else.
+
+Contract: `pipeline.treesearch.algorithms.run(algorithm, Searcher(generator, prm,
+questions, prompts_, stop=..., limits=...), budget, settings)` returns one `Tree` per
+problem, in order: its complete leaves (each `Node` with its steps, the PRM score of
+every step and why it ended) and the compute it spent (policy output and context
+tokens, PRM tokens, depth). The generator is any `Generator`; the PRM one of
+`pipeline.prm` (its `score`, and `session` when it has one). Choosing final answers, the
+outputs and the vLLM engine are the search stage's (pipeline/search.py); this module
+never imports it.
 """
 
 from __future__ import annotations
@@ -68,9 +81,6 @@ import numpy as np
 
 from pipeline.core import prompts
 from pipeline.tasks import answers
-
-ALGORITHMS = ("rebase", "beam", "mcts")
-
 
 # --------------------------------------------------------------------------- allocation
 
@@ -139,11 +149,11 @@ class Step:
 
 class Generator(Protocol):
     def expand(self, contexts: list[str], counts: list[int], max_tokens: list[int],
-               stops: list[list[str]] | None = None) -> list[list[Step]]:
+               stops: list[list[str]] | None = None, *, greedy: bool = False) -> list[list[Step]]:
         """`counts[i]` sampled steps continuing `contexts[i]`, each at most `max_tokens[i]`
         tokens. `stops` (only with `Limits.step_stop`): request i stops at any of
         `stops[i]`, whose first entry is the step stop string; without it a step ends at
-        a newline."""
+        a newline. `greedy` (only passed for lookahead rollouts): decode at temperature 0."""
 
 
 @dataclass(eq=False)
@@ -159,6 +169,7 @@ class Node:
     value_sum: float = 0.0
     exhausted: bool = False  # MCTS: nothing left to expand below
     sep: str = "\n"  # between steps: "\n" for line steps, "" for raw chunks (step_stop)
+    lookahead: float | None = None  # the PRM's score at the end of this node's greedy rollout
 
     @property
     def complete(self) -> bool:
@@ -191,6 +202,12 @@ class Node:
     def score(self) -> float:
         """The node's value: its last step's PRM score (0 for a solution without steps)."""
         return self.scores[-1] if self.scores else 0.0
+
+    @property
+    def rank(self) -> float:
+        """What beam search and DVTS rank by: the lookahead score when the node was
+        expanded with lookahead, else its own score."""
+        return self.score if self.lookahead is None else self.lookahead
 
 
 @dataclass(frozen=True)
@@ -231,8 +248,9 @@ class Tree:
     output_tokens: int = 0
     prompt_tokens: int = 0
     prm_tokens: int = 0
-    depth: int = 0
+    depth: int = 0  # deepest node reached (steps; lookahead rollouts not counted)
     dropped: int = 0  # dead ends discarded (dead_ends "drop")
+    rollout_tokens: int = 0  # of output_tokens: generated by lookahead rollouts
 
 
 class Searcher:
@@ -258,37 +276,76 @@ class Searcher:
         # line steps: every step is followed by its newline
         return self.trees[node.problem].prompt + node.text + (node.sep if node.steps else "")
 
-    def expand(self, requests: list[tuple[Node, int]]) -> list[list[Node]]:
-        """Children of every (node, count) request: one generate call, one PRM call."""
+    def _generate(self, nodes: list[Node], counts: list[int], *, greedy: bool = False) -> list[list[Step]]:
+        """One generate call: counts[i] steps continuing nodes[i] (greedy: temperature 0)."""
+        extra: dict[str, Any] = {"greedy": True} if greedy else {}
+        if self.limits.step_stop is not None:
+            extra["stops"] = [[prompts.step_stop(self.limits.step_stop, n.depth), *self.raw_stops] for n in nodes]
+        steps = self.generator.expand(
+            [self.context(n) for n in nodes], counts,
+            [min(self.limits.max_step_tokens, self.limits.max_tokens - n.tokens) for n in nodes], **extra,
+        )
+        for node, k, got in zip(nodes, counts, steps, strict=True):
+            if len(got) != k:
+                raise RuntimeError(f"search: asked for {k} steps of problem {node.problem}, got {len(got)}")
+        return steps
+
+    def expand(self, requests: list[tuple[Node, int]], *, lookahead: int = 0) -> list[list[Node]]:
+        """Children of every (node, count) request: one generate call, one PRM call.
+
+        With `lookahead` k > 0 every live child is first rolled out greedily up to k more
+        steps (k more generate calls, each over the rollouts of all problems; a rollout
+        stops where its solution ends) and the one PRM call reads each rollout's end:
+        the child's `lookahead` is the last score of its rollout (Snell et al. 2024), its
+        own step scores those of the rollout's path up to the child (the PRM reads a
+        step in the context before it only)."""
         requests = [(n, k) for n, k in requests if k > 0]
         if not requests:
             return []
         for node, _ in requests:
             if node.complete:
                 raise RuntimeError(f"search: expanding a complete node (problem {node.problem})")
-        extra = {}
-        if self.limits.step_stop is not None:
-            extra["stops"] = [[prompts.step_stop(self.limits.step_stop, n.depth), *self.raw_stops] for n, _ in requests]
-        steps = self.generator.expand(
-            [self.context(n) for n, _ in requests],
-            [k for _, k in requests],
-            [min(self.limits.max_step_tokens, self.limits.max_tokens - n.tokens) for n, _ in requests],
-            **extra,
-        )
+        steps = self._generate([n for n, _ in requests], [k for _, k in requests])
         out: list[list[Node]] = []
-        for (node, k), got in zip(requests, steps, strict=True):
-            if len(got) != k:
-                raise RuntimeError(f"search: asked for {k} steps of problem {node.problem}, got {len(got)}")
+        for (node, _), got in zip(requests, steps, strict=True):
             children = [self._child(node, s) for s in got]
             node.children.extend(children)
             out.append(children)
-        self._score([c for cs in out for c in cs])
+        new = [c for cs in out for c in cs]
+        if lookahead > 0:
+            self._look_ahead(new, lookahead)
+        else:
+            self._score(new)
         return out
 
-    def _child(self, parent: Node, step: Step) -> Node:
+    def _look_ahead(self, children: list[Node], k: int) -> None:
+        """Greedy rollouts of up to `k` steps from every live child, then ONE PRM call over
+        the rollouts' ends (a complete child is its own end). Children with the same text
+        share one rollout: greedy decoding would write the same steps twice."""
+        tips: dict[tuple[int, str, bool], Node] = {}
+        for c in children:
+            tips.setdefault((c.problem, c.text, c.complete), c)
+        rolling = [key for key, c in tips.items() if not c.complete]
+        for _ in range(k):
+            if not rolling:
+                break
+            got = self._generate([tips[key] for key in rolling], [1] * len(rolling), greedy=True)
+            for key, [step] in zip(rolling, got, strict=True):
+                tips[key] = self._child(tips[key], step, rollout=True)
+            rolling = [key for key in rolling if not tips[key].complete]
+        self._score(list(tips.values()))
+        for c in children:
+            tip = tips[(c.problem, c.text, c.complete)]
+            if tip is not c and c.steps:
+                c.scores = tip.scores[:c.depth]
+            c.lookahead = tip.score
+
+    def _child(self, parent: Node, step: Step, *, rollout: bool = False) -> Node:
         tree = self.trees[parent.problem]
         tree.output_tokens += step.tokens
         tree.prompt_tokens += step.context_tokens
+        if rollout:
+            tree.rollout_tokens += step.tokens
         child = Node(parent.problem, list(parent.steps), list(parent.scores), parent.tokens + step.tokens, parent,
                      sep=parent.sep)
         text, ended = step.text, step.end in ("eos", "stop")
@@ -319,7 +376,8 @@ class Searcher:
             child.end = "max_depth"
         elif child.tokens >= self.limits.max_tokens:
             child.end = "max_tokens"
-        tree.depth = max(tree.depth, child.depth)
+        if not rollout:
+            tree.depth = max(tree.depth, child.depth)
         return child
 
     def _score(self, children: list[Node]) -> None:
@@ -388,15 +446,17 @@ def rebase(s: Searcher, budget: int, *, temperature: float = 0.2) -> list[Tree]:
     return s.trees
 
 
-def beam(s: Searcher, budget: int, *, children: int = 4) -> list[Tree]:
-    """PRM beam search: keep the top budget / children incomplete nodes each round."""
+def beam(s: Searcher, budget: int, *, children: int = 4, lookahead: int = 0) -> list[Tree]:
+    """PRM beam search: keep the top budget / children incomplete nodes each round. With
+    `lookahead` k, nodes are ranked by the score at the end of a k-step greedy rollout
+    (lookahead search, Snell et al. 2024; k = 0 is beam search)."""
     keep = max(1, budget // children)
     plans: list[list[tuple[Node, int]]] = [[(t.root, budget)] for t in s.trees]
     while any(plans):
-        got = iter(s.expand([r for plan in plans for r in plan]))
+        got = iter(s.expand([r for plan in plans for r in plan], lookahead=lookahead))
         for p, plan in enumerate(plans):
             live = s.sort_out(next(got) for _ in plan)
-            live.sort(key=lambda c: -c.score)  # stable: ties keep generation order
+            live.sort(key=lambda c: -c.rank)  # stable: ties keep generation order
             done = len(s.trees[p].leaves) >= budget
             plans[p] = [] if done else [(c, children) for c in live[:keep]]
     return s.trees
@@ -445,15 +505,3 @@ def _mark_exhausted(node: Node | None) -> None:
     while node is not None and node.children and all(ch.exhausted for ch in node.children):
         node.exhausted = True
         node = node.parent
-
-
-def run(algorithm: str, searcher: Searcher, budget: int, settings: dict) -> list[Tree]:
-    """Dispatch on the config's algorithm name with its settings."""
-    if algorithm == "rebase":
-        return rebase(searcher, budget, temperature=settings.get("temperature", 0.2))
-    if algorithm == "beam":
-        return beam(searcher, budget, children=settings.get("children", 4))
-    if algorithm == "mcts":
-        return mcts(searcher, budget, root_children=settings.get("root_children"),
-                    exploration=settings.get("exploration", 1.0))
-    raise ValueError(f"unknown search algorithm {algorithm!r}; known: {ALGORITHMS}")

