@@ -55,14 +55,17 @@ class _Fallback(Exception):
     the answer as it was before the string clean-up."""
 
 
-def _math_fix_fracs(s: str) -> str:
+def _fix_fracs(s: str, *, empty_fails: bool) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, as both originals do. They differ only on a `\\frac`
+    with nothing after it: math_normalize's indexes the empty string (its caller falls
+    back: `empty_fails`), strip's returns `s` unchanged."""
     parts = s.split("\\frac")
     out = parts[0]
     for part in parts[1:]:
         out += "\\frac"
-        if not part:
-            raise _Fallback  # "\frac" at the end: the original indexes an empty string
-        if part[0] == "{":
+        if not part and empty_fails:
+            raise _Fallback
+        if part[:1] == "{":
             out += part
             continue
         if len(part) < 2:
@@ -125,7 +128,7 @@ def _math_strip(s: str) -> str:
         s = halves[1]
     s = _math_fix_sqrt(s)
     s = s.replace(" ", "")
-    s = _math_fix_fracs(s)
+    s = _fix_fracs(s, empty_fails=True)
     if s == "0.5":
         s = "\\frac{1}{2}"
     return _math_fix_a_slash_b(s)
@@ -307,21 +310,6 @@ def _program_output(text: str) -> str:
     return text.strip()
 
 
-def _strip_fix_fracs(s: str) -> str:
-    parts = s.split("\\frac")
-    out = parts[0]
-    for part in parts[1:]:
-        out += "\\frac"
-        if part and part[0] == "{":
-            out += part
-            continue
-        if len(part) < 2:
-            return s
-        a, b, rest = part[0], part[1], part[2:]
-        out += "{" + a + "}" + ("{" + b + "}" if b != "{" else b) + rest
-    return out
-
-
 def _strip_fix_a_slash_b(s: str) -> str:
     parts = s.split("/")
     if len(parts) != 2:
@@ -370,7 +358,7 @@ def strip_string(s: str) -> str:
     s = re.sub(r"\\tan(-?[0-9.a-zA-Z]+)", r"\\tan{\1}", s)
     s = re.sub(r"\\tan\s+(\w+)$", r"\\tan{\1}", s)
     s = s.replace(" ", "")
-    s = _strip_fix_a_slash_b(_strip_fix_fracs(s))
+    s = _strip_fix_a_slash_b(_fix_fracs(s, empty_fails=False))
     return re.sub(r"(\\|,|\.)+$", "", s)
 
 
